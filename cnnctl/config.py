@@ -1,0 +1,321 @@
+"""Load an experiment: YAML file -> `--set` overrides -> validated, frozen `Config`.
+
+Every problem is collected and reported at once, each located as `FILE:LINE:COL: key.path: message`
+(or `--set key.path=value: ...` for an override). No TensorFlow is imported here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from cnnctl.errors import ConfigError
+from cnnctl.layers import FORBIDDEN_LAYERS, LAYER_TYPES, LayerEntry
+from cnnctl.schema import Config
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class Source:
+    """Where each value of a raw config came from, for error messages."""
+
+    name: str
+    marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)  # value node positions
+    key_marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)  # key positions
+    overrides: dict[Path_, str] = field(default_factory=dict)  # path -> the --set text
+
+    def locate(self, path: Path_, *, at_key: bool = False) -> str:
+        for n in range(len(path), -1, -1):
+            prefix = path[:n]
+            if prefix in self.overrides:
+                return f"--set {self.overrides[prefix]}"
+            marks = self.key_marks if at_key and n == len(path) else self.marks
+            if prefix in marks:
+                line, col = marks[prefix]
+                return f"{self.name}:{line}:{col}"
+        return self.name
+
+
+def format_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+# ---------------------------------------------------------------- YAML
+
+
+def _walk(node: yaml.Node, path: Path_, source: Source, depth: int, count: list[int]) -> None:
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise ConfigError(f"{source.name}: too large: more than {MAX_NODES} YAML nodes (aliases expanded)")
+    if depth > MAX_DEPTH:
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        raise ConfigError(f"{source.name}:{line}:{col}: nested more than {MAX_DEPTH} levels deep")
+    source.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                raise ConfigError(f"{source.name}:{line}:{col}: {format_path(path + (key,))}: duplicate key")
+            seen.add(key)
+            source.key_marks[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _walk(value_node, path + (key,), source, depth + 1, count)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, path + (index,), source, depth + 1, count)
+
+
+def parse_yaml(text: str, name: str) -> tuple[Any, Source]:
+    """Safe-load YAML text, recording the line and column of every key and value."""
+    source = Source(name)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, source
+        _walk(node, (), source, 0, [0])
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
+        problem = exc.problem or exc.context or "invalid YAML"
+        if "constructor for the tag" in problem:
+            problem = f"{problem.split('tag')[-1].strip()} tags are not allowed (configs are plain YAML)"
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}: YAML error: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply") from None
+    finally:
+        loader.dispose()
+    return data, source
+
+
+def read_config_file(path: str | Path) -> tuple[Any, Source]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size} bytes is too large for a config (limit {MAX_CONFIG_BYTES})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_yaml(text, str(path))
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def _parse_key_path(text: str) -> Path_:
+    parts: list[str | int] = []
+    for chunk in text.replace("[", ".").replace("]", "").split("."):
+        if not chunk:
+            raise ValueError("empty key")
+        parts.append(int(chunk) if chunk.isdigit() else chunk)
+    return tuple(parts)
+
+
+def apply_overrides(raw: Any, overrides: list[str], source: Source) -> Any:
+    """Apply `key.path=value` overrides; values are YAML (`[32,32,3]`, `0.01`, `true`)."""
+    if not overrides:
+        return raw
+    raw = raw if isinstance(raw, dict) else {}
+    problems = []
+    for text in overrides:
+        key, sep, value_text = text.partition("=")
+        try:
+            if not sep:
+                raise ValueError("expected key.path=value")
+            path = _parse_key_path(key.strip())
+            value, _ = parse_yaml(value_text, f"--set {text}")
+        except (ValueError, ConfigError) as exc:
+            problems.append(f"--set {text}: {exc}")
+            continue
+        target: Any = raw
+        for depth, part in enumerate(path[:-1]):
+            nxt = path[depth + 1]
+            if isinstance(target, list):
+                if not isinstance(part, int) or part >= len(target):
+                    problems.append(f"--set {text}: {format_path(path[:depth + 1])}: no such list item")
+                    break
+                target = target[part]
+            elif isinstance(target, dict):
+                if not isinstance(target.get(part), (dict, list)):
+                    target[part] = [] if isinstance(nxt, int) else {}
+                target = target[part]
+            else:
+                problems.append(f"--set {text}: {format_path(path[:depth])} is not a mapping")
+                break
+        else:
+            last = path[-1]
+            if isinstance(target, list) and isinstance(last, int) and last < len(target):
+                target[last] = value
+            elif isinstance(target, dict) and not isinstance(last, int):
+                target[last] = value
+            else:
+                problems.append(f"--set {text}: {format_path(path)}: cannot be set")
+                continue
+            source.overrides[path] = text
+    if problems:
+        raise ConfigError(problems)
+    return raw
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete classes an annotation can hold (through Optional, Annotated, list, Union)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None), list):
+        return [t for arg in typing.get_args(annotation) for t in _unwrap(arg)]
+    return [annotation]
+
+
+def _fields_at(path: Path_) -> list[str]:
+    """Valid key names of the mapping at `path`, walking the schema classes."""
+    candidates: list[Any] = [Config]
+    for part in path:
+        nxt: list[Any] = []
+        for cls in candidates:
+            if isinstance(part, int):
+                nxt.append(cls)  # list items were already unwrapped
+            elif isinstance(cls, type) and issubclass(cls, LayerEntry) and part in LAYER_TYPES:
+                nxt.extend(_unwrap(LAYER_TYPES[part][0]))
+            elif isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
+                nxt.extend(_unwrap(cls.model_fields[part].annotation))
+        candidates = nxt
+    names: list[str] = []
+    for cls in candidates:
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and not issubclass(cls, LayerEntry):
+            names.extend(cls.model_fields)
+    return names
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not close:
+        close = [o for o in options if o.lower() == word.lower()]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _layer_type_message(value: Any) -> str:
+    if isinstance(value, dict) and len(value) == 1:
+        name = next(iter(value))
+    elif isinstance(value, str):
+        name = value
+    else:
+        return "each layer must be a one-key mapping like `Conv2D: {filters: 32, kernel_size: 3}`"
+    if name in FORBIDDEN_LAYERS:
+        return f"layer type {name!r} is not allowed: {FORBIDDEN_LAYERS[name]}"
+    return f"unknown layer type {name!r}{_suggest(str(name), list(LAYER_TYPES))} (allowed: {', '.join(LAYER_TYPES)})"
+
+
+def _message(error: dict, path: Path_) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        options = _fields_at(path[:-1])
+        return f"unknown key{_suggest(str(path[-1]), options)}" if options else "unknown key"
+    if kind == "layer_type":
+        return _layer_type_message(error["input"])
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        options = [o.strip(" '") for o in error.get("ctx", {}).get("expected", "").replace(" or ", ",").split(",")]
+        hint = _suggest(str(error["input"]), [o for o in options if o])
+        return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {error['input']!r}{hint}"
+    if kind == "value_error":
+        return error["msg"].removeprefix("Value error, ")
+    if kind == "union_tag_invalid":
+        return f"{error['msg']}"
+    message = error["msg"]
+    if "input" in error and not isinstance(error["input"], (dict, list)):
+        message = f"{message}, got {error['input']!r}"
+    return message[0].lower() + message[1:]
+
+
+def _clean_loc(loc: tuple) -> Path_:
+    """Drop the tags pydantic adds for tagged unions: ('layers', 3, 'Conv2D', 'Conv2D', 'filters')."""
+    out: list[str | int] = []
+    for part in loc:
+        if out and part == out[-1] and part in LAYER_TYPES:
+            continue
+        if isinstance(part, str) and part.startswith(("function-", "constant", "inverse_time", "exponential",
+                                                      "cosine")) and out and out[-1] == "schedule":
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def validate(raw: Any, source: Source) -> Config:
+    """Validate a raw config (from YAML, after overrides) into a frozen `Config`."""
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else type(raw).__name__
+        raise ConfigError(f"{source.name}:1:1: a config is a mapping with name, data, model and train; got {got}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            path = _clean_loc(error["loc"])
+            where = source.locate(path, at_key=error["type"] == "extra_forbidden")
+            problems.append(f"{where}: {format_path(path)}: {_message(error, path)}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config file."""
+    raw, source = read_config_file(path)
+    raw = apply_overrides(raw, list(overrides or []), source)
+    return validate(raw, source)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for sections; flow style for short leaf mappings and lists of scalars."""
+
+    def represent_dict(self, data):  # noqa: D102
+        leaf = all(not isinstance(v, (dict, list)) or (isinstance(v, list) and not any(
+            isinstance(i, (dict, list)) for i in v)) for v in data.values())
+        return self.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=leaf and len(data) <= 4)
+
+    def represent_list(self, data):  # noqa: D102
+        scalars = not any(isinstance(item, (dict, list)) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=scalars)
+
+
+_Dumper.add_representer(dict, _Dumper.represent_dict)
+_Dumper.add_representer(list, _Dumper.represent_list)
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML, in the section order of the schema."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=110, allow_unicode=True)
+
+
+def config_from_yaml_text(text: str, name: str) -> Config:
+    raw, source = parse_yaml(text, name)
+    return validate(raw, source)

@@ -1,0 +1,59 @@
+"""Build the Keras model a `ModelConfig` describes.
+
+The stack is checked by shapes.infer first, so an impossible shape or an absurd size is reported
+(with the layer's index and the shapes) before TensorFlow allocates anything.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cnnctl.schema import ModelConfig
+from cnnctl.shapes import infer
+
+
+def _snake(name: str) -> str:
+    """Keras' to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d, ReLU -> re_lu."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def layer_names(model_config: ModelConfig) -> list[str]:
+    """Keras' own naming (conv2d, conv2d_1, ...) but per model, so summaries are stable."""
+    counts: dict[str, int] = {}
+    names = []
+    for entry in model_config.layers:
+        if entry.args.name:
+            names.append(entry.args.name)
+            continue
+        base = _snake(entry.keras_class)
+        n = counts.get(base, 0)
+        counts[base] = n + 1
+        names.append(base if n == 0 else f"{base}_{n}")
+    return names
+
+
+def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_output: bool = False):
+    """A `keras.Sequential` built on `model_config.input_shape`.
+
+    `float32_output` runs the last layer (the softmax) in float32, as mixed precision needs for a
+    numerically stable loss; it changes no weights, shapes or parameter counts.
+    """
+    import keras
+
+    infer(model_config)
+    names = layer_names(model_config)
+    if len(set(names)) != len(names):
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        from cnnctl.errors import ConfigError
+
+        raise ConfigError(f"model.layers: layer names must be unique, {', '.join(duplicated)} repeated")
+    layers = [keras.Input(shape=tuple(model_config.input_shape), name="input")]
+    last = len(model_config.layers) - 1
+    for index, (entry, layer_name) in enumerate(zip(model_config.layers, names)):
+        kwargs = entry.args.kwargs()
+        kwargs["name"] = layer_name
+        if float32_output and index == last:
+            kwargs["dtype"] = "float32"
+        layers.append(getattr(keras.layers, entry.keras_class)(**kwargs))
+    return keras.Sequential(layers, name=name)

@@ -1,0 +1,260 @@
+"""The experiment config: typed, validated once when loaded, frozen afterwards.
+
+Each section is consumed by one module: `data` by data.py, `model` by model.py, `train` by
+train.py, `runtime` by runtime.py. `cnnctl schema` prints `Config.model_json_schema()`.
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cnnctl.layers import Layer, LayerEntry
+
+PosInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+class SyntheticData(Section):
+    train_examples: Annotated[int, Field(gt=0, le=1_000_000)] = 512
+    """Number of random training images."""
+    test_examples: Annotated[int, Field(gt=0, le=1_000_000)] = 128
+    """Number of random test images."""
+
+
+class DataConfig(Section):
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "directory", "npz", "synthetic"]
+    """Built-in dataset, an image folder (`directory`), arrays in a file (`npz`), or seeded random data."""
+    root: str | None = None
+    """Where to look for the files first: a folder with the Keras file names, the image folder, or the .npz file."""
+    num_classes: Annotated[int, Field(gt=1, le=100_000)] | None = None
+    """Number of classes; taken from the dataset (or the last layer for synthetic data) when unset."""
+    class_names: list[str] | None = None
+    """Names of the classes, in label order; built-in datasets and image folders know their own."""
+    cifar100_label_mode: Literal["fine", "coarse"] = "fine"
+    """CIFAR-100 only: 100 fine or 20 coarse labels."""
+    synthetic: SyntheticData = SyntheticData()
+    """Sizes of the synthetic dataset (also used by --smoke)."""
+    cache: bool = True
+    """Cache decoded image folders (in memory) so JPEG/PNG decoding happens once."""
+    shuffle_buffer: Annotated[int, Field(ge=0)] | None = None
+    """Shuffle buffer size; unset means the whole training set (a perfect shuffle of uint8 images)."""
+
+
+# ---------------------------------------------------------------- model
+
+
+class ModelConfig(Section):
+    input_shape: Annotated[list[Annotated[int, Field(gt=0, le=8192)]], Field(min_length=1, max_length=3)]
+    """Height, width and channels of one image, e.g. [32, 32, 3]."""
+    layers: Annotated[list[Layer], Field(min_length=1, max_length=1000)]
+    """Keras layers in order, each `- LayerType: {keyword: value}`."""
+
+    @property
+    def entries(self) -> list[LayerEntry]:
+        return list(self.layers)
+
+
+# ---------------------------------------------------------------- train
+
+
+class ConstantSchedule(Section):
+    type: Literal["constant"]
+
+
+class InverseTimeSchedule(Section):
+    """lr / (1 + decay_rate * step / decay_steps): Keras 2's legacy `decay=` argument is decay_steps 1."""
+
+    type: Literal["inverse_time"]
+    decay_rate: Annotated[float, Field(ge=0)]
+    decay_steps: PosInt = 1
+    staircase: bool = False
+
+
+class ExponentialSchedule(Section):
+    type: Literal["exponential"]
+    decay_rate: Annotated[float, Field(gt=0, le=1)]
+    decay_steps: PosInt
+    staircase: bool = False
+
+
+class CosineSchedule(Section):
+    type: Literal["cosine"]
+    decay_steps: PosInt | None = None
+    """Steps over which to decay; unset means the whole run (epochs x steps per epoch)."""
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.0
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+
+
+Schedule = Annotated[
+    Union[ConstantSchedule, InverseTimeSchedule, ExponentialSchedule, CosineSchedule],  # noqa: UP007
+    Field(discriminator="type"),
+]
+
+# The keyword arguments each optimizer's Keras constructor takes (tests check them against Keras).
+OPTIMIZER_ARGS: dict[str, set[str]] = {
+    "sgd": {"momentum", "nesterov"},
+    "rmsprop": {"rho", "momentum", "epsilon", "centered"},
+    "adam": {"beta_1", "beta_2", "epsilon", "amsgrad"},
+    "adamw": {"beta_1", "beta_2", "epsilon", "amsgrad"},
+    "adagrad": {"initial_accumulator_value", "epsilon"},
+    "adadelta": {"rho", "epsilon"},
+    "adamax": {"beta_1", "beta_2", "epsilon"},
+    "nadam": {"beta_1", "beta_2", "epsilon"},
+}
+COMMON_OPTIMIZER_ARGS = {"name", "learning_rate", "schedule", "weight_decay", "clipnorm", "clipvalue",
+                         "global_clipnorm"}  # fmt: skip
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam"]
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
+    """Initial learning rate (the schedule starts from it)."""
+    schedule: Schedule | None = None
+    """Optional learning-rate schedule: constant, inverse_time, exponential or cosine."""
+    momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
+    nesterov: bool | None = None
+    rho: Annotated[float, Field(ge=0, lt=1)] | None = None
+    centered: bool | None = None
+    epsilon: Annotated[float, Field(gt=0)] | None = None
+    beta_1: Annotated[float, Field(ge=0, lt=1)] | None = None
+    beta_2: Annotated[float, Field(ge=0, lt=1)] | None = None
+    amsgrad: bool | None = None
+    initial_accumulator_value: Annotated[float, Field(ge=0)] | None = None
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    clipnorm: Annotated[float, Field(gt=0)] | None = None
+    clipvalue: Annotated[float, Field(gt=0)] | None = None
+    global_clipnorm: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _args_fit_optimizer(self) -> OptimizerConfig:
+        allowed = OPTIMIZER_ARGS[self.name] | COMMON_OPTIMIZER_ARGS
+        wrong = sorted(k for k in self.model_fields_set if k not in allowed)
+        if wrong:
+            raise ValueError(
+                f"{self.name} does not take {', '.join(wrong)} (it takes {', '.join(sorted(allowed - {'name'}))})"
+            )
+        return self
+
+    def keras_kwargs(self) -> dict:
+        """Constructor arguments other than the learning rate, exactly as set."""
+        skip = {"name", "learning_rate", "schedule"}
+        return {k: getattr(self, k) for k in self.model_fields_set if k not in skip}
+
+
+class EarlyStoppingConfig(Section):
+    monitor: str = "val_loss"
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    patience: Annotated[int, Field(ge=0)] = 0
+    mode: Literal["auto", "min", "max"] = "auto"
+    restore_best_weights: bool = False
+    start_from_epoch: Annotated[int, Field(ge=0)] = 0
+
+
+class ReduceLROnPlateauConfig(Section):
+    monitor: str = "val_loss"
+    factor: Fraction = 0.1
+    patience: Annotated[int, Field(ge=0)] = 10
+    min_delta: Annotated[float, Field(ge=0)] = 1e-4
+    cooldown: Annotated[int, Field(ge=0)] = 0
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+    mode: Literal["auto", "min", "max"] = "auto"
+
+
+class CallbacksConfig(Section):
+    early_stopping: EarlyStoppingConfig | None = None
+    """Keras EarlyStopping with these arguments (unset: train every epoch)."""
+    reduce_lr_on_plateau: ReduceLROnPlateauConfig | None = None
+    """Keras ReduceLROnPlateau with these arguments."""
+    terminate_on_nan: bool = True
+    """Stop, and mark the run failed, when the loss becomes NaN or infinite."""
+
+
+class TrainConfig(Section):
+    optimizer: OptimizerConfig
+    loss: Literal["categorical_crossentropy", "sparse_categorical_crossentropy"] = "sparse_categorical_crossentropy"
+    """Categorical losses get one-hot labels made per batch in the pipeline; both give the same result."""
+    metrics: list[Literal["accuracy", "top_k_accuracy"]] = ["accuracy"]
+    top_k: Annotated[int, Field(gt=1, le=100)] = 5
+    """k of top_k_accuracy (in training metrics and in the evaluation report)."""
+    batch_size: Annotated[int, Field(gt=0, le=65536)] = 32
+    """Global batch size (split across replicas under a distribution strategy)."""
+    epochs: Annotated[int, Field(gt=0, le=100_000)] = 1
+    validation: Literal["none", "split", "test"] = "none"
+    """none; split: hold out validation_split of the training set (seeded); test: validate on the test set."""
+    validation_split: Fraction = 0.2
+    monitor: str = "val_accuracy"
+    """Metric that picks checkpoints/best.keras (with no validation: the last epoch is the best)."""
+    callbacks: CallbacksConfig = CallbacksConfig()
+    checkpoint_every_steps: PosInt | None = None
+    """Also write a resume checkpoint every N training steps."""
+    shuffle: bool = True
+
+    @model_validator(mode="after")
+    def _monitor_needs_validation(self) -> TrainConfig:
+        if self.validation == "none":
+            for path, cb in (("callbacks.early_stopping", self.callbacks.early_stopping),
+                             ("callbacks.reduce_lr_on_plateau", self.callbacks.reduce_lr_on_plateau)):
+                if cb is not None and cb.monitor.startswith("val_"):
+                    raise ValueError(f"{path} monitors {cb.monitor!r} but validation is 'none'")
+        return self
+
+
+# ---------------------------------------------------------------- runtime
+
+
+class RuntimeConfig(Section):
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|gpu|gpu:\d{1,3})$")] = "auto"
+    """auto (the first GPU if any, else the CPU), cpu, gpu or gpu:N."""
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+    """auto: mixed_float16 on NVIDIA GPUs of compute capability >= 7.0, mixed_bfloat16 on CPUs with AVX512_BF16 or AMX, else float32."""
+    jit_compile: Literal["auto"] | bool = "auto"
+    """XLA: auto turns it on for GPUs only (on CPUs it is slower)."""
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    """tf.distribute strategy; multi_worker reads TF_CONFIG."""
+    devices: list[Annotated[str, Field(pattern=r"^(cpu|gpu):\d{1,3}$")]] | None = None
+    """For mirrored: the devices to use (default: every local GPU)."""
+    deterministic: bool = False
+    """Seed everything and enable TensorFlow op determinism: identical metrics for identical runs."""
+    steps_per_execution: Annotated[int, Field(gt=0, le=10_000)] = 1
+    """Training steps per tf.function call (fewer Python round trips for small models)."""
+
+
+# ---------------------------------------------------------------- expect
+
+
+class ExpectConfig(Section):
+    params: Annotated[int, Field(ge=0)] | None = None
+    """Published total parameter count."""
+    test_accuracy: Probability | None = None
+    """Published test accuracy."""
+    val_accuracy: Probability | None = None
+    """Published validation accuracy (last epoch)."""
+    source: str | None = None
+    """Where the figures were published."""
+
+
+class Config(Section):
+    """A cnnctl experiment."""
+
+    name: RunName
+    """Run name (the run directory is runs/<name>, <name>-2, ...)."""
+    description: str | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    """Seed for weights, shuffling, validation split and synthetic data."""
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    runtime: RuntimeConfig = RuntimeConfig()
+    expect: ExpectConfig | None = None
