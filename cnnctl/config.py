@@ -15,9 +15,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from cnnctl.errors import ConfigError
+from cnnctl.errors import ConfigError, ShapeError
 from cnnctl.layers import FORBIDDEN_LAYERS, LAYER_TYPES, LayerEntry
 from cnnctl.schema import Config
+from cnnctl.shapes import infer
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -286,11 +287,22 @@ def validate(raw: Any, source: Source) -> Config:
         raise ConfigError(problems) from None
 
 
+def check_shapes(config: Config, source: Source) -> None:
+    """Walk the layer stack (no TensorFlow); a shape error is located at its layer in the file."""
+    try:
+        infer(config.model)
+    except ShapeError as exc:
+        path = ("model", "layers", exc.index) if exc.index is not None else ("model",)
+        raise ShapeError(f"{source.locate(path)}: {exc.message}", index=exc.index) from None
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a config file."""
+    """Read, override and validate a config file, including the shapes of its layer stack."""
     raw, source = read_config_file(path)
     raw = apply_overrides(raw, list(overrides or []), source)
-    return validate(raw, source)
+    config = validate(raw, source)
+    check_shapes(config, source)
+    return config
 
 
 class _Dumper(yaml.SafeDumper):

@@ -30,7 +30,11 @@ class ConfigError(CnnctlError):
 
 
 class ShapeError(ConfigError):
-    """A layer stack that cannot be built for its input shape."""
+    """A layer stack that cannot be built for its input shape; `index` is the layer's position."""
+
+    def __init__(self, problems: list[str] | str, *, index: int | None = None, hint: str | None = None):
+        super().__init__(problems, hint=hint)
+        self.index = index
 
 
 class DataError(CnnctlError):

@@ -123,15 +123,16 @@ def infer(model: ModelConfig) -> list[LayerInfo]:
         try:
             shape_out, params, frozen, macs = _layer(entry, shape)
         except ValueError as exc:
-            raise ShapeError(f"{where}: {exc}") from None
+            raise ShapeError(f"{where}: {exc}", index=index) from None
         if math.prod(shape_out) == 0:
-            raise ShapeError(f"{where}: output {_describe(shape_out)} from input {_describe(shape)} is empty")
+            raise ShapeError(f"{where}: output {_describe(shape_out)} from input {_describe(shape)} is empty",
+                             index=index)
         trainable = params - frozen if entry.args.trainable else 0
         total += params
         if total > MAX_PARAMS:
             gib = total * 4 / 2**30
             raise ShapeError(f"{where}: the model would have {total:,} parameters ({gib:,.1f} GiB in float32 "
-                             f"before optimizer state); the limit is {MAX_PARAMS:,}")
+                             f"before optimizer state); the limit is {MAX_PARAMS:,}", index=index)
         infos.append(LayerInfo(index, entry.keras_class, shape_out, params, trainable, macs))
         shape = shape_out
     return infos

@@ -1,0 +1,212 @@
+"""Where and how a model runs: device, precision policy, XLA, tf.distribute strategy, determinism.
+
+`probe_hardware()` is the only function that asks the machine (tests mock it); `plan()` turns a
+`RuntimeConfig` and the hardware into decisions with their reasons, without side effects;
+`apply()` carries a plan out (TensorFlow settings, precision policy, strategy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cnnctl.errors import RuntimeConfigError
+from cnnctl.schema import RuntimeConfig
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    compute_capability: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu_model: str
+    cpu_flags: frozenset[str]
+    gpus: tuple[Gpu, ...]
+    logical_cpus: int = 1
+
+    @property
+    def bf16_cpu(self) -> bool:
+        return any(flag in self.cpu_flags for flag in BF16_CPU_FLAGS)
+
+
+@dataclass(frozen=True)
+class Plan:
+    device: str  # "/CPU:0" or "/GPU:1"
+    device_reason: str
+    precision: str
+    precision_reason: str
+    jit_compile: bool
+    jit_reason: str
+    distribute: str
+    devices: tuple[str, ...] = ()  # what a mirrored strategy spans
+    deterministic: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, frozenset[str]]:
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return "unknown", frozenset()
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    return (model.group(1).strip() if model else "unknown",
+            frozenset(flags.group(1).split()) if flags else frozenset())
+
+
+def probe_hardware() -> Hardware:
+    """Ask TensorFlow for GPUs and /proc/cpuinfo for CPU features. The one hardware query."""
+    import tensorflow as tf
+
+    cpu_model, flags = read_cpu_info()
+    gpus = []
+    for index, device in enumerate(tf.config.list_physical_devices("GPU")):
+        details = tf.config.experimental.get_device_details(device)
+        gpus.append(Gpu(index, details.get("device_name", device.name), details.get("compute_capability")))
+    return Hardware(cpu_model, flags, tuple(gpus), os.cpu_count() or 1)
+
+
+def _pick_device(config: RuntimeConfig, hw: Hardware) -> tuple[str, str, int | None]:
+    found = ", ".join(["CPU:0"] + [f"GPU:{g.index} ({g.name})" for g in hw.gpus])
+    if config.device == "cpu":
+        return "/CPU:0", "asked for cpu", None
+    if config.device == "auto":
+        if hw.gpus:
+            return "/GPU:0", f"auto: first GPU, {hw.gpus[0].name}", 0
+        return "/CPU:0", "auto: no GPU found, using the CPU", None
+    index = int(config.device.partition(":")[2] or 0)
+    if index >= len(hw.gpus):
+        raise RuntimeConfigError(f"runtime.device: {config.device} asked for, but TensorFlow sees only: {found}",
+                                 hint="use runtime.device=auto or cpu, or check CUDA_VISIBLE_DEVICES and the driver")
+    return f"/GPU:{index}", f"asked for {config.device}, {hw.gpus[index].name}", index
+
+
+def _pick_precision(config: RuntimeConfig, hw: Hardware, gpu: int | None) -> tuple[str, str]:
+    if config.precision != "auto":
+        return config.precision, f"asked for {config.precision}"
+    if gpu is not None:
+        capability = hw.gpus[gpu].compute_capability
+        if capability and tuple(capability) >= (7, 0):
+            return "mixed_float16", f"auto: {hw.gpus[gpu].name} has compute capability {capability[0]}.{capability[1]} (>= 7.0: tensor cores)"
+        return "float32", f"auto: GPU compute capability {capability} is below 7.0"
+    present = [flag for flag in BF16_CPU_FLAGS if flag in hw.cpu_flags]
+    if present:
+        return "mixed_bfloat16", f"auto: the CPU has {' and '.join(f.upper() for f in present)}"
+    return "float32", "auto: no GPU of capability >= 7.0 and no CPU with AVX512_BF16 or AMX"
+
+
+def plan(config: RuntimeConfig, hw: Hardware) -> Plan:
+    """Decide device, precision, XLA and distribution for `config` on `hw`; no side effects."""
+    device, device_reason, gpu = _pick_device(config, hw)
+    precision, precision_reason = _pick_precision(config, hw, gpu)
+    if config.jit_compile == "auto":
+        jit, jit_reason = gpu is not None, ("auto: XLA on GPU" if gpu is not None
+                                            else "auto: no XLA on the CPU (about 10x slower here)")
+    else:
+        jit, jit_reason = bool(config.jit_compile), f"asked for {config.jit_compile}"
+    notes = []
+    if precision == "mixed_float16" and gpu is None:
+        notes.append("mixed_float16 on a CPU is usually slower than float32")
+    devices: tuple[str, ...] = ()
+    if config.distribute == "mirrored":
+        if config.devices:
+            devices = tuple(d.upper() for d in config.devices)
+            missing = [d for d in devices if d.startswith("GPU") and int(d[4:]) >= len(hw.gpus)]
+            if missing:
+                raise RuntimeConfigError(f"runtime.devices: {', '.join(missing)} not found; "
+                                         f"TensorFlow sees {len(hw.gpus)} GPU(s)")
+        else:
+            devices = tuple(f"GPU:{g.index}" for g in hw.gpus) or ("CPU:0",)
+    return Plan(device, device_reason, precision, precision_reason, jit, jit_reason, config.distribute,
+                devices, config.deterministic, notes)
+
+
+def tf_config() -> dict | None:
+    """The parsed TF_CONFIG environment variable (multi-worker training), or None."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+        value["cluster"], value["task"]  # noqa: B018 - both are required
+        return value
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RuntimeConfigError(f"TF_CONFIG is not valid JSON with 'cluster' and 'task': {exc}") from None
+
+
+def is_chief() -> bool:
+    """True unless TF_CONFIG names this process a non-chief worker (only the chief writes the run)."""
+    config = tf_config()
+    if not config:
+        return True
+    task = config["task"]
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    if kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in config["cluster"]
+
+
+def configure_logical_cpus(count: int) -> None:
+    """Split the CPU into `count` logical devices (a CPU-only stand-in for several GPUs)."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) != count:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+def apply(runtime_plan: Plan, seed: int):
+    """Carry out the plan: seeds, determinism, GPU memory growth, precision policy; return the strategy.
+
+    Must run before any model is built; TensorFlow device settings cannot change afterwards.
+    """
+    import keras
+    import tensorflow as tf
+
+    if runtime_plan.distribute == "multi_worker":
+        # Collectives must be configured before anything else touches the TensorFlow runtime.
+        tf_config()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        strategy = None
+    try:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+        cpus = [d for d in runtime_plan.devices if d.startswith("CPU")]
+        if runtime_plan.distribute == "mirrored" and len(cpus) > 1:
+            configure_logical_cpus(max(int(d[4:]) for d in cpus) + 1)
+    except RuntimeError:
+        pass  # already initialised in this process (tests, notebooks): keep what is there
+    keras.utils.set_random_seed(seed)
+    if runtime_plan.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(runtime_plan.precision)
+    if strategy is None:
+        if runtime_plan.distribute == "mirrored":
+            strategy = tf.distribute.MirroredStrategy(devices=[f"/{d}" for d in runtime_plan.devices])
+        else:
+            strategy = tf.distribute.OneDeviceStrategy(runtime_plan.device)
+    return strategy
+
+
+def versions() -> dict:
+    """TensorFlow, Keras, CUDA and cuDNN versions (CUDA/cuDNN only in a GPU build)."""
+    import keras
+    import tensorflow as tf
+
+    build = tf.sysconfig.get_build_info()
+    return {"tensorflow": tf.__version__, "keras": keras.__version__,
+            "cuda": build.get("cuda_version"), "cudnn": build.get("cudnn_version"),
+            "built_with_cuda": tf.test.is_built_with_cuda()}
