@@ -50,7 +50,7 @@ def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_outp
         raise ConfigError(f"model.layers: layer names must be unique, {', '.join(duplicated)} repeated")
     layers = [keras.Input(shape=tuple(model_config.input_shape), name="input")]
     last = len(model_config.layers) - 1
-    for index, (entry, layer_name) in enumerate(zip(model_config.layers, names)):
+    for index, (entry, layer_name) in enumerate(zip(model_config.layers, names, strict=True)):
         kwargs = entry.args.kwargs()
         kwargs["name"] = layer_name
         if float32_output and index == last:

@@ -37,7 +37,7 @@ def summarize(config: Config, model, precision: str) -> dict:
     """Summary data for `model` (built from `config.model`) at `precision` (a Keras policy name)."""
     infos = infer(config.model)
     layers = []
-    for layer, info in zip(model.layers, infos):
+    for layer, info in zip(model.layers, infos, strict=True):
         layers.append({
             "name": layer.name,
             "type": type(layer).__name__,
