@@ -185,6 +185,124 @@ def devices(json_: JsonOpt = False) -> None:
         out.print(f'auto XLA:       {a["jit_compile"]} ({a["jit_reason"]})', highlight=False)
 
 
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Look for dataset files here first.")]
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run directory name (default: config name).")] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories are created.")] = Path("runs"),
+    smoke: Annotated[bool, typer.Option("--smoke", help="A few steps on synthetic data: checks the config runs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a live display.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per epoch, then the result, on stdout.")] = False,
+) -> None:
+    """Train a config into a new run directory, then evaluate it on the test set."""
+    with _errors():
+        if quiet and json_:
+            raise CnnctlError("--quiet and --json cannot be combined")
+        cfg = _load(config, set_)
+        _quiet_tensorflow()
+        from cnnctl import progress
+        from cnnctl import train as training
+
+        if json_:
+            shown = [progress.JsonProgress(out)]
+        elif quiet or not out.is_terminal:
+            shown = [progress.PlainProgress(out)]
+        else:
+            shown = [progress.RichProgress(out)]
+        log = (lambda m: err.print(m, highlight=False, markup=False)) if json_ else \
+            (lambda m: out.print(m, highlight=False, markup=False))
+        result = training.run(cfg, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir, smoke=smoke,
+                              callbacks=shown, log=log)
+        _print_result(result, json_)
+        if result.status != "completed":
+            raise typer.Exit(1)
+
+
+def _print_result(result, json_: bool) -> None:
+    evaluation = result.evaluation or {}
+    if json_:
+        out.print(json.dumps({"event": "result", "run_dir": str(result.run_dir), "status": result.status,
+                              "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                              "wall_seconds": result.wall_seconds, "images_per_second": result.images_per_second,
+                              "test_loss": evaluation.get("loss"), "test_accuracy": evaluation.get("accuracy"),
+                              "expect": result.expect, "message": result.message}),
+                  highlight=False, markup=False)
+        return
+    lines = [f"run        {result.run_dir}  ({result.status})"]
+    if result.message:
+        lines.append(f"problem    {result.message}")
+    if evaluation:
+        lines.append(f"test       accuracy {evaluation['accuracy']:.4f}  loss {evaluation['loss']:.4f}  "
+                     f"(best epoch {result.best_epoch} of {result.epochs_run})")
+    speed = f"{result.images_per_second:,.0f} training images/s" if result.images_per_second else "-"
+    lines.append(f"time       {result.wall_seconds:.1f} s wall, {speed}")
+    for check in result.expect:
+        verdict = "met" if check["met"] else "NOT met"
+        published, measured = check["published"], check["measured"]
+        if check["what"] == "params":
+            lines.append(f"published  params {published:,}: built {measured:,} -> {verdict}")
+        else:
+            lines.append(f"published  {check['what']} {published}: measured {measured} -> {verdict}")
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
+
+
+@app.command()
+def evaluate(
+    target: Annotated[Path, typer.Argument(help="A run directory, or a .keras model file (with --config).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="Config for a bare model file.")] = None,
+    data_dir: DataDirOpt = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the report here instead.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Evaluate a run's best checkpoint on the test set: metrics, per-class report, confusion matrix."""
+    with _errors():
+        _quiet_tensorflow()
+        from cnnctl import rundir
+        from cnnctl.evaluation import evaluate as run_evaluation
+
+        report, default_out = run_evaluation(target, config_path=config, data_dir=data_dir)
+        destination = out_file or default_out
+        try:
+            rundir.write_json(destination, report)
+        except OSError as exc:
+            raise CnnctlError(f"{destination}: cannot write the report: {exc.strerror}") from None
+        if json_:
+            out.print(json.dumps(report), highlight=False, markup=False)
+            return
+        _print_report(report)
+        out.print(f"report written to {destination}", highlight=False, markup=False)
+
+
+def _print_report(report: dict) -> None:
+    from rich.table import Table
+
+    k = report["top_k"]
+    out.print(f"test examples {report['examples']:,}  loss {report['loss']:.4f}  accuracy {report['accuracy']:.4f}  "
+              f"top-{k} accuracy {report[f'top_{k}_accuracy']:.4f}  macro F1 {report['macro_f1']:.4f}",
+              highlight=False, markup=False)
+    table = Table(title="Per class", title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in report["per_class"]:
+        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      f"{row['support']:,}")
+    out.print(table)
+    names = report["class_names"]
+    matrix = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    matrix.add_column("")
+    for name in names:
+        matrix.add_column(name[:9], justify="right")
+    for name, row in zip(names, report["confusion_matrix"], strict=True):
+        matrix.add_row(name, *[str(v) for v in row])
+    out.print(matrix)
+
+
 def main() -> None:
     try:
         app()

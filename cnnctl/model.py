@@ -7,7 +7,9 @@ The stack is checked by shapes.infer first, so an impossible shape or an absurd 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+from cnnctl.errors import ConfigError, RunError
 from cnnctl.schema import ModelConfig
 from cnnctl.shapes import infer
 
@@ -45,8 +47,6 @@ def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_outp
     names = layer_names(model_config)
     if len(set(names)) != len(names):
         duplicated = sorted({n for n in names if names.count(n) > 1})
-        from cnnctl.errors import ConfigError
-
         raise ConfigError(f"model.layers: layer names must be unique, {', '.join(duplicated)} repeated")
     layers = [keras.Input(shape=tuple(model_config.input_shape), name="input")]
     last = len(model_config.layers) - 1
@@ -57,3 +57,25 @@ def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_outp
             kwargs["dtype"] = "float32"
         layers.append(getattr(keras.layers, entry.keras_class)(**kwargs))
     return keras.Sequential(layers, name=name)
+
+
+def load_model(path: str | Path):
+    """Load a `.keras` file with safe_mode (no code from the file runs); errors name the file."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: no such model file")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise RunError(f"{path}: not a Keras model file (.keras zip archive)")
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "unsafe" in str(exc).lower():
+            raise RunError(f"{path}: refused: the model contains code that would run when loaded "
+                           "(safe_mode); cnnctl does not load such files") from None
+        raise RunError(f"{path}: cannot load the model: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # corrupt archives raise a zoo of types: say which file, never a traceback
+        raise RunError(f"{path}: cannot load the model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
