@@ -1,0 +1,41 @@
+# cnnctl: `make install` once, then `make test`; see README.md.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SMOKE_DIR ?= $(or $(TMPDIR),/tmp)/cnnctl-smoke
+# GPU=1 swaps the CPU wheel for TensorFlow's CUDA build (Linux x86-64 with an NVIDIA driver).
+GPU    ?= 0
+
+.PHONY: install test lint smoke bench clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+ifeq ($(GPU),1)
+	$(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu
+	$(BIN)/python -m pip install --quiet "tensorflow[and-cuda]>=2.21,<2.22"
+endif
+	@$(BIN)/cnnctl --version
+
+test:
+	$(BIN)/pytest -q
+
+lint:
+	$(BIN)/ruff check cnnctl tests
+
+# Every config in configs/, a few steps on synthetic data each (offline, seconds per config).
+smoke:
+	@rm -rf $(SMOKE_DIR)
+	@set -e; for config in configs/*.yaml; do \
+		start=$$(date +%s); \
+		$(BIN)/cnnctl train $$config --smoke --quiet --runs-dir $(SMOKE_DIR) > $(SMOKE_DIR).log 2>&1 \
+			|| { cat $(SMOKE_DIR).log; echo "smoke FAILED: $$config"; exit 1; }; \
+		echo "smoke ok: $$config ($$(( $$(date +%s) - start )) s)"; \
+	done
+
+bench:
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
