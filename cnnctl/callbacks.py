@@ -5,6 +5,7 @@ and a record of where a loss became NaN.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import time
@@ -40,6 +41,45 @@ class EpochExtras(keras.callbacks.Callback):
         if logs is not None:
             logs["learning_rate"] = current_learning_rate(self.model.optimizer)
             logs["epoch_seconds"] = round(time.perf_counter() - self._start, 3)
+
+
+class MetricsCSV(keras.callbacks.Callback):
+    """metrics.csv: one row per epoch (1-based), columns fixed by the first epoch, flushed each epoch.
+
+    Unlike keras.callbacks.CSVLogger it invents no `val_*` columns when there is no validation,
+    and with `append=True` it continues an existing file under its own header (resume).
+    """
+
+    def __init__(self, path: Path, append: bool = False):
+        super().__init__()
+        self.path, self.append = Path(path), append
+        self.columns: list[str] | None = None
+
+    def on_train_begin(self, logs=None):
+        if self.append and self.path.exists():
+            with open(self.path, newline="") as handle:
+                header = next(csv.reader(handle), None)
+            self.columns = header[1:] if header else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        new = self.columns is None
+        if new:
+            order = sorted(logs, key=lambda k: (k in ("learning_rate", "epoch_seconds"), k.startswith("val_")))
+            self.columns = order
+        with open(self.path, "a" if not new or self.append else "w", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["epoch", *self.columns])
+            writer.writerow([epoch + 1, *(_cell(logs.get(k)) for k in self.columns)])
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{float(value):.6g}" if not isinstance(value, str) else value
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):

@@ -37,10 +37,12 @@ class Source:
     overrides: dict[Path_, str] = field(default_factory=dict)  # path -> the --set text
 
     def locate(self, path: Path_, *, at_key: bool = False) -> str:
+        # An override replaces everything under its path, so the file's marks there are stale.
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.overrides:
+                return f"--set {self.overrides[path[:n]]}"
         for n in range(len(path), -1, -1):
             prefix = path[:n]
-            if prefix in self.overrides:
-                return f"--set {self.overrides[prefix]}"
             marks = self.key_marks if at_key and n == len(path) else self.marks
             if prefix in marks:
                 line, col = marks[prefix]
@@ -96,7 +98,8 @@ def parse_yaml(text: str, name: str) -> tuple[Any, Source]:
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
         problem = exc.problem or exc.context or "invalid YAML"
         if "constructor for the tag" in problem:
-            problem = f"{problem.split('tag')[-1].strip()} tags are not allowed (configs are plain YAML)"
+            tag = problem.split("for the tag", 1)[-1].strip().replace("tag:yaml.org,2002:", "!!")
+            problem = f"{tag} tags are not allowed (configs are plain YAML)"
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: YAML error: {exc}") from None
@@ -149,7 +152,7 @@ def apply_overrides(raw: Any, overrides: list[str], source: Source) -> Any:
             if not sep:
                 raise ValueError("expected key.path=value")
             path = _parse_key_path(key.strip())
-            value, _ = parse_yaml(value_text, f"--set {text}")
+            value, _ = parse_yaml(value_text, "value")
         except (ValueError, ConfigError) as exc:
             problems.append(f"--set {text}: {exc}")
             continue
@@ -164,6 +167,7 @@ def apply_overrides(raw: Any, overrides: list[str], source: Source) -> Any:
             elif isinstance(target, dict):
                 if not isinstance(target.get(part), (dict, list)):
                     target[part] = [] if isinstance(nxt, int) else {}
+                    source.overrides.setdefault(path[:depth + 1], text)
                 target = target[part]
             else:
                 problems.append(f"--set {text}: {format_path(path[:depth])} is not a mapping")
@@ -216,11 +220,16 @@ def _fields_at(path: Path_) -> list[str]:
     return names
 
 
-def _suggest(word: str, options: list[str]) -> str:
+def _closest(word: str, options: list[str]) -> str | None:
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     if not close:
         close = [o for o in options if o.lower() == word.lower()]
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return close[0] if close else None
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = _closest(word, options)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def _layer_type_message(value: Any) -> str:
@@ -279,9 +288,14 @@ def validate(raw: Any, source: Source) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
+        errors = [(error, _clean_loc(error["loc"])) for error in exc.errors()]
+        # A misspelt required key is both unknown and missing: report it once, as unknown with its suggestion.
+        misspelt = {path[:-1] + (close,) for error, path in errors if error["type"] == "extra_forbidden"
+                    and (close := _closest(str(path[-1]), _fields_at(path[:-1])))}
         problems = []
-        for error in exc.errors():
-            path = _clean_loc(error["loc"])
+        for error, path in errors:
+            if error["type"] == "missing" and path in misspelt:
+                continue
             where = source.locate(path, at_key=error["type"] == "extra_forbidden")
             problems.append(f"{where}: {format_path(path)}: {_message(error, path)}")
         raise ConfigError(problems) from None

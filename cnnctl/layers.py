@@ -33,7 +33,7 @@ Initializer = Literal[
     "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal",
     "zeros", "ones", "random_uniform", "random_normal", "truncated_normal", "orthogonal",
 ]  # fmt: skip
-Regularizer = Literal["l1", "l2", "l1_l2", "orthogonal_regularizer"]
+Regularizer = Literal["l1", "l2", "l1l2", "orthogonal_regularizer"]  # Keras 3 names (L1L2 is "l1l2")
 Constraint = Literal["max_norm", "min_max_norm", "non_neg", "unit_norm"]
 Padding = Literal["valid", "same"]
 

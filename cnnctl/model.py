@@ -48,14 +48,20 @@ def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_outp
     if len(set(names)) != len(names):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         raise ConfigError(f"model.layers: layer names must be unique, {', '.join(duplicated)} repeated")
+    if "input" in names:  # the keras.Input below is named "input"; Sequential refuses a second one
+        raise ConfigError("model.layers: the layer name 'input' is taken by the model's input")
     layers = [keras.Input(shape=tuple(model_config.input_shape), name="input")]
     last = len(model_config.layers) - 1
     for index, (entry, layer_name) in enumerate(zip(model_config.layers, names, strict=True)):
         kwargs = entry.args.kwargs()
         kwargs["name"] = layer_name
+        # Set as an attribute: not every constructor takes `trainable` (SpatialDropout2D does not).
+        trainable = kwargs.pop("trainable", True)
         if float32_output and index == last:
             kwargs["dtype"] = "float32"
-        layers.append(getattr(keras.layers, entry.keras_class)(**kwargs))
+        layer = getattr(keras.layers, entry.keras_class)(**kwargs)
+        layer.trainable = trainable
+        layers.append(layer)
     return keras.Sequential(layers, name=name)
 
 

@@ -145,6 +145,9 @@ class OptimizerConfig(Section):
             raise ValueError(
                 f"{self.name} does not take {', '.join(wrong)} (it takes {', '.join(sorted(allowed - {'name'}))})"
             )
+        clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if getattr(self, k) is not None]
+        if len(clips) > 1:  # Keras' optimizer constructor refuses more than one
+            raise ValueError(f"set only one of clipnorm, clipvalue and global_clipnorm, got {' and '.join(clips)}")
         return self
 
     def keras_kwargs(self) -> dict:

@@ -60,6 +60,9 @@ def _layer(entry: LayerEntry, shape: tuple[int, ...]) -> tuple[tuple[int, ...], 
     if kind in {"Conv2D", "DepthwiseConv2D", "SeparableConv2D"}:
         channels = shape[2]
         kh, kw = _pair(a.kernel_size)
+        if kind == "Conv2D" and max(_pair(a.strides)) > 1 and max(_pair(a.dilation_rate)) > 1:
+            raise ValueError(f"Keras' Conv2D cannot combine strides {_pair(a.strides)} with "
+                             f"dilation_rate {_pair(a.dilation_rate)}: one of them must be 1")
         h, w = _spatial(shape, a.kernel_size, a.strides, a.dilation_rate, a.padding)
         if h <= 0 or w <= 0:
             raise ValueError(f"a {kh}x{kw} kernel (dilation {_pair(a.dilation_rate)}) does not fit "

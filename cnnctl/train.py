@@ -100,8 +100,9 @@ def summary_text(config: Config, model, precision: str) -> str:
     return buffer.getvalue()
 
 
-def check_expectations(config: Config, evaluation_result: dict | None, history: dict, params: int) -> list[dict]:
-    """Compare against the tutorial's published figures: met when within half a point of them."""
+def check_expectations(config: Config, evaluation_result: dict | None, history: dict, params: int,
+                       smoke: bool = False) -> list[dict]:
+    """Compare with the tutorial's published figures: accuracy is met within half a point of it."""
     expect = config.expect
     if expect is None:
         return []
@@ -113,7 +114,7 @@ def check_expectations(config: Config, evaluation_result: dict | None, history: 
                 "val_accuracy": (history.get("val_accuracy") or [None])[-1]}
     for key in ("test_accuracy", "val_accuracy"):
         published = getattr(expect, key)
-        if published is not None and measured[key] is not None:
+        if published is not None and not smoke and measured[key] is not None:
             checks.append({"what": key, "published": published, "measured": round(float(measured[key]), 4),
                            "met": float(measured[key]) >= published - 0.005})
     return checks
@@ -158,7 +159,7 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
     )
     rundir.write_text(run_dir / rundir.CONFIG, to_yaml(config))
     try:
-        result = _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, callbacks, log)
+        result = _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, callbacks, log, smoke)
     except KeyboardInterrupt:
         manifest.update(status="interrupted", end_time=rundir.now(), wall_seconds=round(time.perf_counter() - started, 2))
         raise
@@ -181,7 +182,7 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
     return result
 
 
-def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_callbacks, log) -> TrainResult:
+def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_callbacks, log, smoke) -> TrainResult:
     import keras
 
     from cnnctl import callbacks as cb
@@ -211,13 +212,13 @@ def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_call
     if train_cfg.callbacks.terminate_on_nan:
         callback_list.append(keras.callbacks.TerminateOnNaN())
     callback_list += [
-        keras.callbacks.CSVLogger(str(run_dir / rundir.METRICS)),
+        cb.MetricsCSV(run_dir / rundir.METRICS),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / rundir.TENSORBOARD), write_graph=False, profile_batch=0),
         checkpoint,
         *extra_callbacks,
     ]
     history = model.fit(train_ds, validation_data=val_ds, epochs=train_cfg.epochs, callbacks=callback_list,
-                        verbose=0).history
+                        shuffle=False, verbose=0).history  # the dataset shuffles itself, seeded
     history = {key: [float(v) for v in values] for key, values in history.items()}
     epochs_run = len(history.get("loss", []))
     rundir.write_json(run_dir / rundir.HISTORY, {"epochs": list(range(1, epochs_run + 1)), **history})
@@ -238,4 +239,4 @@ def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_call
             rundir.write_json(run_dir / rundir.EVAL, report)
     images = _steady_images_per_second(history, len(splits.x_train))
     return TrainResult(run_dir, status, epochs_run, checkpoint.best_epoch, 0.0, images, report, history,
-                       check_expectations(config, report, history, model.count_params()), message)
+                       check_expectations(config, report, history, model.count_params(), smoke), message)
