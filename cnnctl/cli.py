@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cnnctl import __version__
 from cnnctl.errors import CnnctlError
@@ -68,7 +69,7 @@ def _errors():
         if _state["debug"]:
             raise
         for line in exc.message.splitlines():
-            err.print(f"[bold red]error:[/bold red] {line}", highlight=False, markup=True)
+            err.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, markup=True)
         if exc.hint:
             err.print(f"hint: {exc.hint}", highlight=False, markup=False)
         raise typer.Exit(exc.exit_code) from None

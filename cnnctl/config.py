@@ -142,8 +142,8 @@ def _parse_key_path(text: str) -> Path_:
 
 def apply_overrides(raw: Any, overrides: list[str], source: Source) -> Any:
     """Apply `key.path=value` overrides; values are YAML (`[32,32,3]`, `0.01`, `true`)."""
-    if not overrides:
-        return raw
+    if not overrides or (raw is not None and not isinstance(raw, dict)):
+        return raw  # a file that is not a mapping is reported as such by validate(), not replaced
     raw = raw if isinstance(raw, dict) else {}
     problems = []
     for text in overrides:

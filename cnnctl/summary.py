@@ -72,10 +72,11 @@ def summarize(config: Config, model, precision: str) -> dict:
 def render(data: dict, console: Console) -> None:
     """Print the summary like keras.Model.summary(), with a MACs column and memory lines."""
     table = Table(title=f'Model: "{data["model"]}"', title_justify="left", show_lines=False)
-    table.add_column("Layer (type)", no_wrap=True)
+    # On a narrow console only the name column may wrap; numbers are never cut to an ellipsis.
+    table.add_column("Layer (type)", overflow="fold")
     table.add_column("Output Shape", no_wrap=True)
-    table.add_column("Param #", justify="right")
-    table.add_column("MACs", justify="right")
+    table.add_column("Param #", justify="right", no_wrap=True)
+    table.add_column("MACs", justify="right", no_wrap=True)
     for layer in data["layers"]:
         shape = "(" + ", ".join("None" if d is None else str(d) for d in layer["output_shape"]) + ")"
         table.add_row(f'{layer["name"]} ({layer["type"]})', shape, f'{layer["params"]:,}',

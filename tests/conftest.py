@@ -1,0 +1,153 @@
+"""Shared helpers: a small valid config, a YAML writer, a CLI runner, and the tutorial configs.
+
+Keras is imported only by the fixtures that build models, so the config tests stay TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Quiet TensorFlow's C++ start-up logging for the tests that import it (this sets nothing for cnnctl).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# Line numbers matter: the error tests assert FILE:LINE:COL positions in this text.
+MINIMAL_YAML = """\
+name: tiny
+data:
+  dataset: synthetic
+model:
+  input_shape: [8, 8, 1]
+  layers:
+    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}
+    - MaxPooling2D: {pool_size: 2}
+    - Flatten: {}
+    - Dense: {units: 3, activation: softmax}
+train:
+  optimizer: {name: sgd, learning_rate: 0.01}
+  batch_size: 8
+  epochs: 1
+"""
+# conv 3*3*1*4 + 4 = 40; 8x8 -> 6x6x4 -> 3x3x4 = 36 -> dense 36*3 + 3 = 111
+MINIMAL_PARAMS = 151
+
+# The four tutorial configs and their published parameter counts.
+TUTORIALS = {
+    "mnist": 62_346,
+    "fashion_mnist": 693_722,
+    "cifar10": 276_138,
+    "cifar10_bpu": 776_394,
+}
+
+# One broken config per row: (id, edit of MINIMAL_YAML, "LINE:COL", "key.path: message" the one located
+# problem starts with, and what it ends with).
+BAD_CONFIGS = [
+    ("typo_key", ("  dataset: synthetic", "  datset: synthetic"),
+     "3:3", "data.datset: unknown key; did you mean 'dataset'?", ""),
+    ("wrong_type", ("filters: 4", "filters: four"),
+     "7:25", "model.layers[0].Conv2D.filters: input should be a valid integer", "got 'four'"),
+    ("negative_filters", ("filters: 4", "filters: -3"),
+     "7:25", "model.layers[0].Conv2D.filters: input should be greater than 0, got -3", ""),
+    ("yaml_syntax", ("kernel_size: 3, activation: relu}", "kernel_size: 3, activation: relu]"),
+     "7:60", "YAML syntax error: expected ',' or '}', but got ']'", ""),
+    ("kernel_too_big", ("kernel_size: 3", "kernel_size: 9"),
+     "7:7", "model.layers[0] (Conv2D): a 9x9 kernel (dilation (1, 1)) does not fit its 8x8 input (8, 8, 1)",
+     "with padding 'valid'"),
+    ("pool_leaves_nothing", ("pool_size: 2", "pool_size: 7"),
+     "8:7", "model.layers[1] (MaxPooling2D): a 7x7 pooling window leaves nothing of its 6x6 input (6, 6, 4)",
+     ""),
+    ("unknown_layer", ("Flatten: {}", "Flaten: {}"),
+     "9:7", "model.layers[2]: unknown layer type 'Flaten'; did you mean 'Flatten'? (allowed: Conv2D,",
+     "LayerNormalization)"),
+    ("lambda", ("Flatten: {}", "Lambda: {function: 'lambda x: x'}"),
+     "9:7", "model.layers[2]: layer type 'Lambda' is not allowed: it runs Python code from the config", ""),
+    ("python_tag", ("name: tiny", "name: !!python/object/apply:os.system [echo owned]"),
+     "1:7", "YAML syntax error: '!!python/object/apply:os.system' tags are not allowed", "(configs are plain YAML)"),
+    ("duplicate_key", ("train:\n", "name: again\ntrain:\n"),
+     "11:1", "name: duplicate key", ""),
+    ("unknown_optimizer", ("name: sgd", "name: adamm"),
+     "12:21", "train.optimizer.name: input should be 'sgd', 'rmsprop',", "got 'adamm'; did you mean 'adam'?"),
+    ("wrong_activation", ("activation: softmax", "activation: softmx"),
+     "10:37", "model.layers[3].Dense.activation: input should be 'relu',", "got 'softmx'; did you mean 'softmax'?"),
+    ("groups_do_not_divide", ("kernel_size: 3,", "kernel_size: 3, groups: 3,"),
+     "7:7", "model.layers[0] (Conv2D): groups=3 must divide both the 1 input channels and the 4 filters", ""),
+]
+
+
+@pytest.fixture
+def write_yaml(tmp_path):
+    """write_yaml(text_or_mapping, name="config.yaml") -> Path of the file written in tmp_path."""
+
+    def write(content: str | dict | list, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def minimal_config() -> dict:
+    """A fresh, valid config mapping (MINIMAL_YAML parsed), safe to modify."""
+    return copy.deepcopy(yaml.safe_load(MINIMAL_YAML))
+
+
+@pytest.fixture
+def minimal_path(write_yaml) -> Path:
+    return write_yaml(MINIMAL_YAML)
+
+
+@pytest.fixture(params=BAD_CONFIGS, ids=[case[0] for case in BAD_CONFIGS])
+def bad_config(request, write_yaml):
+    """(path, "FILE:LINE:COL: key.path: message" start, end) of one broken config."""
+    _, (old, new), where, start, end = request.param
+    assert old in MINIMAL_YAML, old
+    path = write_yaml(MINIMAL_YAML.replace(old, new, 1))
+    return path, f"{path}:{where}: {start}", end
+
+
+@pytest.fixture
+def runner():
+    from typer.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture
+def cli(runner):
+    """cli(*args) -> click Result of `cnnctl ARGS` run in-process."""
+    from cnnctl.cli import app
+
+    def invoke(*args: str | Path):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def keras_module():
+    import keras
+
+    return keras
+
+
+@pytest.fixture(scope="session")
+def tutorial_models(keras_module):
+    """name -> (Config, built keras model) for the four tutorial configs, built once per session."""
+    from cnnctl.config import load_config
+    from cnnctl.model import build_model
+
+    built = {}
+    for name in TUTORIALS:
+        config = load_config(CONFIGS / f"{name}.yaml")
+        built[name] = (config, build_model(config.model, name=config.name))
+    return built

@@ -1,0 +1,386 @@
+"""Loading a config: YAML -> --set overrides -> validated Config, with located errors (no TensorFlow)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from conftest import CONFIGS, MINIMAL_YAML, TUTORIALS
+from pydantic import ValidationError
+
+from cnnctl.config import (
+    MAX_CONFIG_BYTES,
+    Source,
+    apply_overrides,
+    config_from_yaml_text,
+    format_path,
+    load_config,
+    parse_yaml,
+    to_yaml,
+)
+from cnnctl.errors import CnnctlError, ConfigError, ShapeError
+from cnnctl.schema import OptimizerConfig
+
+LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<path>[\w.\[\]]+(?: \(\w+\))?): (?P<message>.+)$")
+
+
+def problems_of(path, overrides=None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    assert info.value.exit_code == 2
+    return info.value.problems
+
+
+# ---------------------------------------------------------------- valid configs
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_tutorial_configs_load(name):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    assert config.name == name
+    assert config.expect.params == TUTORIALS[name]
+    assert config.model.layers[-1].type == "Dense"
+    assert config.model.layers[-1].args.activation == "softmax"
+
+
+def test_minimal_config_and_defaults(minimal_path):
+    config = load_config(minimal_path)
+    assert config.model.input_shape == [8, 8, 1]
+    assert [entry.type for entry in config.model.layers] == ["Conv2D", "MaxPooling2D", "Flatten", "Dense"]
+    conv = config.model.layers[0].args
+    assert (conv.filters, conv.kernel_size, conv.activation, conv.padding) == (4, 3, "relu", "valid")
+    assert config.runtime.device == "auto" and config.runtime.precision == "auto"
+    assert config.train.loss == "sparse_categorical_crossentropy"
+    assert config.expect is None
+
+
+def test_config_is_frozen(minimal_path):
+    config = load_config(minimal_path)
+    with pytest.raises(ValidationError):
+        config.train.epochs = 3  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        config.model.layers[0].args.filters = 3  # type: ignore[misc]
+
+
+def test_bare_layer_names_are_accepted(write_yaml):
+    path = write_yaml(MINIMAL_YAML.replace("- Flatten: {}", "- Flatten"))
+    other = write_yaml(MINIMAL_YAML.replace("- Flatten: {}", "- Flatten:"), "other.yaml")
+    assert load_config(path) == load_config(other)
+    assert load_config(path).model.layers[2].type == "Flatten"
+
+
+def test_aliases_map_to_the_same_keras_class(write_yaml):
+    config = load_config(write_yaml(MINIMAL_YAML.replace("MaxPooling2D", "MaxPool2D")))
+    entry = config.model.layers[1]
+    assert entry.type == "MaxPool2D" and entry.keras_class == "MaxPooling2D"
+
+
+# ---------------------------------------------------------------- one located problem each
+
+
+def test_each_broken_config_gives_one_located_message(bad_config):
+    path, start, end = bad_config
+    problems = problems_of(path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(start), problems[0]
+    assert problems[0].endswith(end), problems[0]
+    assert LOCATED.match(problems[0]) or "YAML syntax error" in problems[0]
+
+
+def test_typo_key_is_not_also_reported_missing(write_yaml):
+    # `datset` is both an unknown key and a missing `dataset`: one message, with the suggestion.
+    path = write_yaml(MINIMAL_YAML.replace("  dataset:", "  datset:"))
+    assert problems_of(path) == [f"{path}:3:3: data.datset: unknown key; did you mean 'dataset'?"]
+
+
+def test_typo_inside_a_layer_suggests_the_argument(write_yaml):
+    path = write_yaml(MINIMAL_YAML.replace("kernel_size: 3", "kernel_sise: 3"))
+    assert problems_of(path) == [f"{path}:7:28: model.layers[0].Conv2D.kernel_sise: unknown key; "
+                                 "did you mean 'kernel_size'?"]
+
+
+def test_shape_error_is_a_config_error_naming_the_layer(write_yaml):
+    path = write_yaml(MINIMAL_YAML.replace("kernel_size: 3", "kernel_size: 9"))
+    with pytest.raises(ShapeError) as info:
+        load_config(path)
+    assert info.value.index == 0
+    assert isinstance(info.value, ConfigError)
+
+
+def test_all_problems_are_collected_in_one_error(write_yaml):
+    text = (MINIMAL_YAML.replace("  dataset: synthetic", "  dataset: synthetc")
+            .replace("filters: 4", "filters: -1")
+            .replace("activation: relu", "activaton: relu")
+            .replace("epochs: 1", "epochs: lots")
+            .replace("learning_rate: 0.01", "learning_rate: 0.01, rho: 0.9"))
+    path = write_yaml(text)
+    problems = problems_of(path)
+    assert problems == [
+        f"{path}:3:12: data.dataset: input should be 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', "
+        "'directory', 'npz' or 'synthetic', got 'synthetc'; did you mean 'synthetic'?",
+        f"{path}:7:25: model.layers[0].Conv2D.filters: input should be greater than 0, got -1",
+        f"{path}:7:45: model.layers[0].Conv2D.activaton: unknown key; did you mean 'activation'?",
+        f"{path}:12:14: train.optimizer: sgd does not take rho (it takes clipnorm, clipvalue, global_clipnorm, "
+        "learning_rate, momentum, nesterov, schedule, weight_decay)",
+        f"{path}:14:11: train.epochs: input should be a valid integer, unable to parse string as an integer, "
+        "got 'lots'",
+    ]
+    assert str(ConfigError(problems)) == "\n".join(problems)
+
+
+def test_missing_required_keys_are_located_at_their_section(write_yaml):
+    path = write_yaml("name: x\ndata: {dataset: mnist}\nmodel:\n  input_shape: [4, 4, 1]\n")
+    problems = problems_of(path)
+    assert problems == [f"{path}:4:3: model.layers: required key is missing",
+                        f"{path}:1:1: train: required key is missing"]
+
+
+def test_python_object_tags_are_refused_and_never_run(write_yaml, tmp_path):
+    marker = tmp_path / "owned"
+    path = write_yaml(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    problems = problems_of(path)
+    assert len(problems) == 1 and "tags are not allowed" in problems[0]
+    assert not marker.exists()
+
+
+def test_python_name_tag_is_refused(write_yaml):
+    path = write_yaml("name: !!python/name:os.system\n")
+    assert problems_of(path) == [f"{path}:1:7: YAML syntax error: '!!python/name:os.system' tags are not allowed "
+                                 "(configs are plain YAML)"]
+
+
+def test_duplicate_keys_are_refused_even_when_nested(write_yaml):
+    path = write_yaml(MINIMAL_YAML.replace("batch_size: 8", "batch_size: 8\n  batch_size: 16"))
+    assert problems_of(path) == [f"{path}:14:3: train.batch_size: duplicate key"]
+
+
+@pytest.mark.parametrize(("text", "got"), [("", "an empty file"), ("# only a comment\n", "an empty file"),
+                                           ("- a\n- b\n", "list"), ("just a string\n", "str"), ("42\n", "int")])
+def test_a_config_must_be_a_mapping(write_yaml, text, got):
+    path = write_yaml(text)
+    assert problems_of(path) == [f"{path}:1:1: a config is a mapping with name, data, model and train; got {got}"]
+
+
+def test_overrides_do_not_hide_a_file_that_is_not_a_mapping(write_yaml):
+    path = write_yaml("- a\n- b\n")
+    assert problems_of(path, ["name=x"]) == [f"{path}:1:1: a config is a mapping with name, data, model and "
+                                             "train; got list"]
+
+
+def test_missing_file(tmp_path):
+    assert problems_of(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: no such config file"]
+
+
+def test_a_directory_is_not_a_config(tmp_path):
+    assert problems_of(tmp_path) == [f"{tmp_path}: not a file"]
+
+
+def test_binary_file_is_refused(write_yaml, tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    assert problems_of(path) == [f"{path}: not UTF-8 text (byte 6)"]
+
+
+def test_oversized_file_is_refused(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("#" * (MAX_CONFIG_BYTES + 1))
+    (problem,) = problems_of(path)
+    assert "too large for a config" in problem
+
+
+def test_alias_bombs_are_refused():
+    text = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(6))
+    with pytest.raises(ConfigError, match="too large"):
+        parse_yaml(text, "bomb.yaml")
+
+
+def test_deep_nesting_is_refused():
+    with pytest.raises(ConfigError, match="nested more than"):
+        parse_yaml("a: " + "[" * 40 + "]" * 40, "deep.yaml")
+
+
+def test_forbidden_layers_have_reasons(write_yaml):
+    for name in ("Lambda", "TFSMLayer", "InputLayer"):
+        path = write_yaml(MINIMAL_YAML.replace("- Flatten: {}", f"- {name}: {{}}"))
+        (problem,) = problems_of(path)
+        assert f"layer type {name!r} is not allowed" in problem
+
+
+def test_a_layer_with_two_types_is_refused(write_yaml):
+    path = write_yaml(MINIMAL_YAML.replace("- Flatten: {}", "- {Flatten: {}, Dropout: {rate: 0.1}}"))
+    assert problems_of(path) == [f"{path}:9:7: model.layers[2]: each layer must be a one-key mapping like "
+                                 "`Conv2D: {filters: 32, kernel_size: 3}`"]
+
+
+def test_the_model_validator_messages_quote_the_input(write_yaml):
+    path = write_yaml(MINIMAL_YAML.replace("epochs: 1", "epochs: 1\n  callbacks:\n    early_stopping: {patience: 2}"))
+    (problem,) = problems_of(path)
+    assert problem.endswith("train: callbacks.early_stopping monitors 'val_loss' but validation is 'none'")
+
+
+def test_huge_layer_is_refused_before_anything_is_built(write_yaml):
+    path = write_yaml(MINIMAL_YAML.replace("filters: 4", "filters: 1000000000"))
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:7:7: model.layers[0] (Conv2D): the model would have 10,000,000,000 parameters")
+
+
+# ---------------------------------------------------------------- --set overrides
+
+
+def test_override_values_are_typed_like_yaml():
+    raw = apply_overrides({}, ["a.int=16", "a.float=0.5", "a.exp=1.0e-3", "a.bool=false", "a.list=[32,32,3]",
+                               "a.str=hello world", "a.null=null", "a.map={x: 1}", "a.quoted='16'"], Source("x"))
+    assert raw == {"a": {"int": 16, "float": 0.5, "exp": 0.001, "bool": False, "list": [32, 32, 3],
+                         "str": "hello world", "null": None, "map": {"x": 1}, "quoted": "16"}}
+    assert type(raw["a"]["int"]) is int and type(raw["a"]["float"]) is float
+
+
+def test_overrides_change_the_loaded_config(minimal_path):
+    config = load_config(minimal_path, [
+        "model.input_shape=[32,32,3]",
+        "train.optimizer.learning_rate=0.5",
+        "train.shuffle=false",
+        "train.batch_size=16",
+        "runtime.precision=float32",
+        "train.optimizer={name: adam, beta_1: 0.8}",
+        "expect.params=12",
+    ])
+    assert config.model.input_shape == [32, 32, 3]
+    assert config.train.optimizer.name == "adam" and config.train.optimizer.beta_1 == 0.8
+    assert config.train.optimizer.learning_rate == 0.001  # the whole mapping was replaced
+    assert config.train.shuffle is False and config.train.batch_size == 16
+    assert config.runtime.precision == "float32"
+    assert config.expect.params == 12
+
+
+def test_later_overrides_win(minimal_path):
+    assert load_config(minimal_path, ["train.epochs=2", "train.epochs=3"]).train.epochs == 3
+
+
+@pytest.mark.parametrize("key", ["model.layers[0].Conv2D.filters", "model.layers.0.Conv2D.filters"])
+def test_overrides_reach_into_layer_lists(minimal_path, key):
+    config = load_config(minimal_path, [f"{key}=16"])
+    assert config.model.layers[0].args.filters == 16
+    assert config.model.layers[0].args.kernel_size == 3  # the rest of the layer is kept
+
+
+def test_override_can_replace_a_whole_layer(minimal_path):
+    config = load_config(minimal_path, ["model.layers[2]=GlobalMaxPooling2D"])
+    assert config.model.layers[2].type == "GlobalMaxPooling2D"
+
+
+def test_fashion_mnist_with_32_filters():
+    from cnnctl.shapes import infer
+
+    config = load_config(CONFIGS / "fashion_mnist.yaml", ["model.layers[0].Conv2D.filters=32"])
+    assert sum(info.params for info in infer(config.model)) == 2_770_634
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("trian.epochs=3", "--set trian.epochs=3: trian: unknown key; did you mean 'train'?"),
+    ("train.optimzer.name=adam", "--set train.optimzer.name=adam: train.optimzer: unknown key; "
+                                 "did you mean 'optimizer'?"),
+    ("train.batch_sise=3", "--set train.batch_sise=3: train.batch_sise: unknown key; did you mean 'batch_size'?"),
+    ("model.layers[0].Conv2D.filtres=16", "--set model.layers[0].Conv2D.filtres=16: "
+                                          "model.layers[0].Conv2D.filtres: unknown key; did you mean 'filters'?"),
+    ("train.epochs=-1", "--set train.epochs=-1: train.epochs: input should be greater than 0, got -1"),
+    ("model.layers[0].Conv2D.filters=two", "--set model.layers[0].Conv2D.filters=two: "
+     "model.layers[0].Conv2D.filters: input should be a valid integer, unable to parse string as an integer, "
+     "got 'two'"),
+    ("model.input_shape=[0,3]", "--set model.input_shape=[0,3]: model.input_shape[0]: "
+                                "input should be greater than 0, got 0"),
+    ("runtime.device=tpu", "--set runtime.device=tpu: runtime.device: string should match pattern"),
+    ("train.epochs", "--set train.epochs: expected key.path=value"),
+    ("train..epochs=1", "--set train..epochs=1: empty key"),
+    ("model.layers[9].Conv2D.filters=1", "--set model.layers[9].Conv2D.filters=1: model.layers[9]: no such list item"),
+    ("train.epochs=[1", "--set train.epochs=[1: value:1:3: YAML syntax error: expected ',' or ']'"),
+    ("train.epochs=!!python/name:os.system", "--set train.epochs=!!python/name:os.system: value:1:1: "
+                                             "YAML syntax error: '!!python/name:os.system' tags are not allowed"),
+    ("model.layers[0].Conv2D=null", "--set model.layers[0].Conv2D=null: model.layers[0].Conv2D.filters: "
+                                    "required key is missing"),
+])
+def test_bad_overrides_are_located_at_the_override(minimal_path, override, expected):
+    problems = problems_of(minimal_path, [override])
+    assert problems[0].startswith(expected), problems
+
+
+def test_override_problems_are_collected(minimal_path):
+    problems = problems_of(minimal_path, ["train.epochs", "model.layers[9].Dense.units=1"])
+    assert len(problems) == 2
+
+
+def test_override_to_an_impossible_shape_names_the_layer(minimal_path):
+    (problem,) = problems_of(minimal_path, ["model.input_shape=[2,2,1]"])
+    assert problem.startswith(f"{minimal_path}:7:7: model.layers[0] (Conv2D): a 3x3 kernel")
+
+
+def test_overrides_never_touch_the_file(minimal_path):
+    before = minimal_path.read_bytes()
+    mtime = minimal_path.stat().st_mtime_ns
+    load_config(minimal_path, ["train.epochs=7", "model.layers[0].Conv2D.filters=16"])
+    with pytest.raises(ConfigError):
+        load_config(minimal_path, ["train.epochs=-7"])
+    assert minimal_path.read_bytes() == before
+    assert minimal_path.stat().st_mtime_ns == mtime
+
+
+def test_overrides_apply_to_an_empty_file(write_yaml):
+    config = load_config(write_yaml(""), ["name=tiny", "data.dataset=synthetic", "model.input_shape=[4,4,1]",
+                                          "model.layers=[Flatten]", "train.optimizer.name=sgd"])
+    assert config.name == "tiny" and config.model.layers[0].type == "Flatten"
+
+
+# ---------------------------------------------------------------- resolved YAML
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_resolved_yaml_round_trips(name):
+    config = load_config(CONFIGS / f"{name}.yaml", ["train.epochs=2", "model.layers.0.Conv2D.filters=16"])
+    text = to_yaml(config)
+    again = config_from_yaml_text(text, "resolved.yaml")
+    assert again == config
+    assert to_yaml(again) == text
+    assert again.train.epochs == 2 and again.model.layers[0].args.filters == 16
+
+
+def test_resolved_yaml_keeps_only_what_layers_set(minimal_path):
+    text = to_yaml(load_config(minimal_path))
+    assert "- Conv2D: {filters: 4, kernel_size: 3, activation: relu}" in text
+    assert "padding" not in text and "use_bias" not in text
+    assert list(yaml.safe_load(text)) == ["name", "seed", "data", "model", "train", "runtime"]
+
+
+def test_schedules_round_trip(minimal_path):
+    config = load_config(minimal_path, ["train.optimizer={name: adam, schedule: {type: inverse_time, "
+                                        "decay_rate: 1.0e-6}}"])
+    assert config.train.optimizer.schedule.decay_steps == 1
+    assert config_from_yaml_text(to_yaml(config), "x") == config
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def test_format_path():
+    assert format_path(("model", "layers", 3, "Conv2D", "filters")) == "model.layers[3].Conv2D.filters"
+    assert format_path(()) == "(top level)"
+
+
+def test_source_prefers_overrides_over_stale_file_marks():
+    source = Source("c.yaml", marks={("a",): (1, 1), ("a", "b"): (2, 3)}, overrides={("a",): "a={b: 1}"})
+    assert source.locate(("a", "b")) == "--set a={b: 1}"
+    assert Source("c.yaml", marks={("a",): (4, 5)}).locate(("a", "zzz")) == "c.yaml:4:5"
+    assert Source("c.yaml").locate(("a",)) == "c.yaml"
+
+
+def test_optimizer_keras_kwargs_are_exactly_what_was_set():
+    optimizer = OptimizerConfig(name="rmsprop", learning_rate=0.01, rho=0.8, centered=True)
+    assert optimizer.keras_kwargs() == {"rho": 0.8, "centered": True}
+
+
+def test_config_errors_are_cnnctl_errors():
+    assert issubclass(ConfigError, CnnctlError) and ConfigError("x").exit_code == 2
+    assert ConfigError(["a", "b"]).problems == ["a", "b"]
