@@ -14,7 +14,26 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from cnnctl import resume
 from cnnctl.schema import CallbacksConfig
+
+
+class Stop:
+    """Why training is stopping early, shared by the callbacks of one run.
+
+    When a run stops inside an epoch (a signal, a NaN loss) Keras still calls on_epoch_end with the
+    partial epoch's logs; the callbacks that write files check `partial` and write nothing then.
+    """
+
+    def __init__(self):
+        self.reason: str | None = None  # "interrupt" or "nan"
+        self.signal: int | None = None
+        self.where: tuple[int, int] | None = None  # (epoch, step), 1-based
+        self.partial = False  # stopped inside an epoch: its logs are not an epoch's
+
+    def request(self, reason: str, signal: int | None = None) -> None:
+        if self.reason is None:
+            self.reason, self.signal = reason, signal
 
 
 def current_learning_rate(optimizer) -> float:
@@ -50,9 +69,9 @@ class MetricsCSV(keras.callbacks.Callback):
     and with `append=True` it continues an existing file under its own header (resume).
     """
 
-    def __init__(self, path: Path, append: bool = False):
+    def __init__(self, path: Path, append: bool = False, stop: Stop | None = None):
         super().__init__()
-        self.path, self.append = Path(path), append
+        self.path, self.append, self.stop = Path(path), append, stop or Stop()
         self.columns: list[str] | None = None
 
     def on_train_begin(self, logs=None):
@@ -62,6 +81,8 @@ class MetricsCSV(keras.callbacks.Callback):
             self.columns = header[1:] if header else None
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.stop.partial:
+            return
         logs = logs or {}
         new = self.columns is None
         if new:
@@ -91,9 +112,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, directory: Path, monitor: str, mode: str = "auto", write: bool = True,
-                 best_value: float | None = None, best_epoch: int | None = None):
+                 best_value: float | None = None, best_epoch: int | None = None, stop: Stop | None = None):
         super().__init__()
-        self.directory = Path(directory)
+        self.directory, self.stop = Path(directory), stop or Stop()
         self.monitor, self.mode, self.write = monitor, mode, write
         self.best_value, self.best_epoch = best_value, best_epoch
 
@@ -107,6 +128,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             tmp.unlink(missing_ok=True)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.stop.partial:
+            return
         logs = logs or {}
         value = logs.get(self.monitor)
         improved = value is None or _is_better(self.monitor, self.mode, float(value), self.best_value)
@@ -122,11 +145,11 @@ class AtomicCheckpoint(keras.callbacks.Callback):
 
 
 class NaNGuard(keras.callbacks.Callback):
-    """Stops training at the first NaN or infinite loss and remembers the epoch and step."""
+    """Stops training at the first NaN or infinite loss and records the epoch and step."""
 
-    def __init__(self):
+    def __init__(self, stop: Stop, step_offset: int = 0):
         super().__init__()
-        self.where: tuple[int, int] | None = None
+        self.stop, self.step_offset = stop, step_offset
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -135,8 +158,22 @@ class NaNGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(loss)):
-            self.where = (self._epoch + 1, batch + 1)
+            self.stop.request("nan")
+            self.stop.where = (self._epoch + 1, batch + 1 + self.step_offset)
+            self.stop.partial = True
             self.model.stop_training = True
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """keras.callbacks.TensorBoard that does not log the partial epoch of a stopped run."""
+
+    def __init__(self, *args, stop: Stop, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop = stop
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.stop.partial:
+            super().on_epoch_end(epoch, logs)
 
 
 def from_config(config: CallbacksConfig) -> list[keras.callbacks.Callback]:
@@ -147,3 +184,54 @@ def from_config(config: CallbacksConfig) -> list[keras.callbacks.Callback]:
     if config.reduce_lr_on_plateau is not None:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(**config.reduce_lr_on_plateau.model_dump()))
     return callbacks
+
+
+class ResumeCheckpoint(keras.callbacks.Callback):
+    """Resume checkpoints at each epoch's end, every `every_steps` steps, and when a stop is asked for.
+
+    Callback counters (EarlyStopping, ReduceLROnPlateau) are snapshotted at epoch ends only, so a
+    checkpoint taken inside an epoch carries the counters of the last complete epoch: exactly the
+    state the resumed epoch starts from. On train begin (after Keras reset them) they are restored.
+    """
+
+    def __init__(self, run_dir: Path, stop: Stop, checkpoint: AtomicCheckpoint, others: list, *,
+                 every_steps: int | None = None, steps_per_epoch: int, initial=None, write: bool = True):
+        super().__init__()
+        self.run_dir, self.stop, self.checkpoint, self.others = Path(run_dir), stop, checkpoint, others
+        self.every_steps, self.steps_per_epoch, self.write = every_steps, steps_per_epoch, write
+        self.callback_state = initial.callbacks if initial else {}
+        self.last_logs = initial.last_logs if initial else {}
+        self.step_offset = initial.step if initial else 0  # steps of this epoch done before this fit
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        resume.restore_callbacks(self.others, self.callback_state)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = batch + 1 + self.step_offset
+        if self.stop.reason == "interrupt" and self.stop.where is None:
+            self.stop.where = (self._epoch + 1, step)
+            self.model.stop_training = True
+            if step < self.steps_per_epoch:
+                self.stop.partial = True
+                self._save(self._epoch, step)
+            # at an epoch's last step the epoch ends normally and its checkpoint is the resume point
+        elif self.every_steps and step % self.every_steps == 0 and step < self.steps_per_epoch:
+            self._save(self._epoch, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.step_offset = 0
+        if self.stop.partial:
+            return
+        self.callback_state = resume.callback_state(self.others)
+        self.last_logs = {k: float(v) for k, v in (logs or {}).items()}
+        self._save(epoch + 1, 0)
+
+    def _save(self, epoch: int, step: int) -> None:
+        if self.write:
+            resume.save(self.model, self.run_dir, resume.ResumeState(
+                epoch=epoch, step=step, best_value=self.checkpoint.best_value, best_epoch=self.checkpoint.best_epoch,
+                callbacks=self.callback_state, last_logs=self.last_logs))

@@ -191,37 +191,76 @@ DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Look for
 
 @app.command()
 def train(
-    config: ConfigArg,
+    config: Annotated[Optional[Path], typer.Argument(help="Experiment YAML file (not with --resume).",
+                                                     show_default=False)] = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run directory name (default: config name).")] = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories are created.")] = Path("runs"),
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this run directory from its last checkpoint.")] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="A few steps on synthetic data: checks the config runs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a live display.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per epoch, then the result, on stdout.")] = False,
 ) -> None:
-    """Train a config into a new run directory, then evaluate it on the test set."""
+    """Train a config into a new run directory, then evaluate it on the test set.
+
+    Ctrl-C (or SIGTERM) stops after the current step and writes a resume checkpoint; a second Ctrl-C
+    exits at once. Continue with `cnnctl train --resume RUN_DIR`.
+    """
     with _errors():
         if quiet and json_:
             raise CnnctlError("--quiet and --json cannot be combined")
-        cfg = _load(config, set_)
+        if (config is None) == (resume is None):
+            raise CnnctlError("give a CONFIG to start a run, or --resume RUN_DIR to continue one (not both)")
+        if resume is not None:
+            if run_name or smoke:
+                raise CnnctlError("--run-name and --smoke do not apply to --resume (the run keeps its own)")
+            from cnnctl import rundir
+
+            cfg = _load(rundir.resolve(resume) / rundir.CONFIG, set_)
+        else:
+            cfg = _load(config, set_)
         _quiet_tensorflow()
         from cnnctl import progress
         from cnnctl import train as training
+        from cnnctl.callbacks import Stop
 
+        stop = Stop()
         if json_:
-            shown = [progress.JsonProgress(out)]
+            shown = [progress.JsonProgress(out, stop)]
         elif quiet or not out.is_terminal:
-            shown = [progress.PlainProgress(out)]
+            shown = [progress.PlainProgress(out, stop)]
         else:
-            shown = [progress.RichProgress(out)]
+            shown = [progress.RichProgress(out, stop)]
         log = (lambda m: err.print(m, highlight=False, markup=False)) if json_ else \
             (lambda m: out.print(m, highlight=False, markup=False))
-        result = training.run(cfg, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir, smoke=smoke,
-                              callbacks=shown, log=log)
+        _install_stop_handlers(stop)
+        try:
+            result = training.run(cfg, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir, smoke=smoke,
+                                  callbacks=shown, log=log, resume_from=resume, stop=stop)
+        except CnnctlError as exc:
+            run_dir = getattr(exc, "run_dir", None)
+            if run_dir is not None:
+                exc.hint = f"resume with: cnnctl train --resume {run_dir}"
+            raise
         _print_result(result, json_)
         if result.status != "completed":
             raise typer.Exit(1)
+
+
+def _install_stop_handlers(stop) -> None:
+    """First SIGINT/SIGTERM: stop after the current step with a checkpoint. Second: exit at once."""
+    import signal
+
+    def handle(signum, frame):
+        if stop.reason:
+            err.print("second interrupt: exiting now; the last complete checkpoint is kept", highlight=False)
+            os._exit(128 + signum)
+        stop.request("interrupt", signum)
+        err.print("stopping after the current step (Ctrl-C again to quit at once) ...", highlight=False)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
 
 
 def _print_result(result, json_: bool) -> None:

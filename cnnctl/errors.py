@@ -59,3 +59,12 @@ class ExportError(CnnctlError):
     """An exported model that could not be written or does not agree with the Keras model."""
 
     exit_code = 1
+
+
+class Interrupted(CnnctlError):
+    """Training stopped by SIGINT or SIGTERM after writing a resume checkpoint."""
+
+    def __init__(self, message: str, *, run_dir, signal_number: int, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.run_dir = run_dir
+        self.exit_code = 128 + signal_number  # 130 for SIGINT, 143 for SIGTERM

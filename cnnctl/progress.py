@@ -28,9 +28,13 @@ def format_metrics(logs: dict) -> str:
 
 
 class _EpochLines(keras.callbacks.Callback):
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, stop=None):
         super().__init__()
         self.console = console
+        self.stop = stop  # callbacks.Stop: a partial epoch (interrupt, NaN) gets no epoch line
+
+    def partial(self) -> bool:
+        return bool(self.stop is not None and self.stop.partial)
 
     def epoch_line(self, epoch: int, logs: dict) -> str:
         seconds = logs.get("epoch_seconds")
@@ -42,17 +46,20 @@ class PlainProgress(_EpochLines):
     """--quiet: one plain line per finished epoch."""
 
     def on_epoch_end(self, epoch, logs=None):
-        self.console.print(self.epoch_line(epoch, logs or {}), highlight=False, markup=False)
+        if not self.partial():
+            self.console.print(self.epoch_line(epoch, logs or {}), highlight=False, markup=False)
 
 
 class JsonProgress(keras.callbacks.Callback):
     """--json: one JSON object per finished epoch."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, stop=None):
         super().__init__()
-        self.console = console
+        self.console, self.stop = console, stop
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.stop is not None and self.stop.partial:
+            return
         record = {"event": "epoch", "epoch": epoch + 1, "epochs": self.params["epochs"]}
         record.update({k: float(v) for k, v in (logs or {}).items()})
         self.console.print(json.dumps(record), highlight=False, markup=False, soft_wrap=True)
@@ -61,8 +68,8 @@ class JsonProgress(keras.callbacks.Callback):
 class RichProgress(_EpochLines):
     """A live bar per epoch (step, ETA, running metrics), then one line per finished epoch."""
 
-    def __init__(self, console: Console, refresh_seconds: float = 0.25):
-        super().__init__(console)
+    def __init__(self, console: Console, stop=None, refresh_seconds: float = 0.25):
+        super().__init__(console, stop)
         self.refresh_seconds = refresh_seconds
         self.progress: Progress | None = None
 
@@ -88,7 +95,8 @@ class RichProgress(_EpochLines):
 
     def on_epoch_end(self, epoch, logs=None):
         self.progress.remove_task(self.task)
-        self.progress.console.print(self.epoch_line(epoch, logs or {}), highlight=False, markup=False)
+        if not self.partial():
+            self.progress.console.print(self.epoch_line(epoch, logs or {}), highlight=False, markup=False)
 
     def on_train_end(self, logs=None):
         if self.progress is not None:

@@ -33,6 +33,27 @@ class ResumeState:
     best_epoch: int | None = None
     callbacks: dict = field(default_factory=dict)  # name -> {attribute: value}
     last_logs: dict = field(default_factory=dict)  # the last complete epoch's logs (for metrics.csv)
+    rng: list = field(default_factory=list)  # states of the model's seed generators (dropout)
+
+
+def _seed_states(model) -> list:
+    # Keras saves weights and optimizer variables in a .keras file but not the seed generators'
+    # states, and without them dropout after a resume would differ from an uninterrupted run.
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+
+def rng_state(model) -> list:
+    return [[int(x) for x in v.numpy().tolist()] for v in _seed_states(model)]
+
+
+def restore(model, run_dir: Path, state: ResumeState) -> None:
+    """Load weights, optimizer state and RNG state of a resume checkpoint into a compiled model."""
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(Path(run_dir) / rundir.CHECKPOINTS / state.checkpoint)
+    variables = _seed_states(model)
+    if len(variables) == len(state.rng):
+        for variable, value in zip(variables, state.rng, strict=True):
+            variable.assign(value)
 
 
 # Attributes of Keras callbacks that carry their progress from epoch to epoch.
@@ -74,6 +95,7 @@ def save(model, run_dir: Path, state: ResumeState) -> None:
     name = f"resume-{state.epoch:05d}-{state.step:07d}.keras"
     tmp = directory / f".{name}.tmp.keras"
     previous = load_state(run_dir)
+    state.rng = rng_state(model)
     try:
         model.save(tmp)
         os.replace(tmp, directory / name)

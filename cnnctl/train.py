@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnctl import __version__, data, evaluation, rundir, runtime
+from cnnctl import __version__, data, evaluation, resume, rundir, runtime
 from cnnctl.config import to_yaml
-from cnnctl.errors import CnnctlError, TrainingFailed
+from cnnctl.errors import CnnctlError, Interrupted, RunError, TrainingFailed
 from cnnctl.schema import Config, OptimizerConfig, TrainConfig
 
 SMOKE_STEPS = 3  # training steps of a --smoke run
@@ -126,11 +126,43 @@ def _steady_images_per_second(history: dict, examples: int) -> float | None:
     return round(examples / statistics.median(steady), 1) if steady else None
 
 
+def _prepare_resume(config: Config, resume_dir: Path) -> tuple[Path, dict, resume.ResumeState, list[str]]:
+    from cnnctl.config import load_config
+
+    run_dir = rundir.resolve(resume_dir)
+    manifest = rundir.Manifest.load(run_dir).data
+    state = resume.load_state(run_dir)
+    if state is None:
+        raise RunError(f"{run_dir}: no resume checkpoint (checkpoints/resume.json) to continue from")
+    if not (run_dir / rundir.CHECKPOINTS / state.checkpoint).is_file():
+        raise RunError(f"{run_dir}: resume.json names {state.checkpoint}, which is missing")
+    if not runtime.is_chief():
+        return run_dir, manifest, state, []
+    old = load_config(run_dir / rundir.CONFIG)
+    changes = resume.check_changes(old.model_dump(mode="json"), config.model_dump(mode="json"))
+    if state.epoch >= config.train.epochs and manifest.get("status") == "completed":
+        raise RunError(f"{run_dir}: already completed {state.epoch} of {config.train.epochs} epochs; "
+                       f"raise train.epochs with --set to train longer")
+    return run_dir, manifest, state, changes
+
+
 def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None = None,
         data_dir: str | Path | None = None, smoke: bool = False, callbacks: Sequence = (),
-        log: Callable[[str], None] = lambda message: None) -> TrainResult:
-    """Train `config` into a new run directory and evaluate it on the test split."""
+        log: Callable[[str], None] = lambda message: None, resume_from: str | Path | None = None,
+        stop=None) -> TrainResult:
+    """Train `config` into a new run directory (or continue `resume_from`), then evaluate it.
+
+    `stop` (a callbacks.Stop) lets the caller ask for a graceful stop, e.g. from a signal handler:
+    the run writes a resume checkpoint after the current step and raises `Interrupted`.
+    """
+    from cnnctl.callbacks import Stop
+
+    stop = stop or Stop()
     started, start_time = time.perf_counter(), rundir.now()
+    state, changes, previous = None, [], {}
+    if resume_from is not None:
+        run_dir, previous, state, changes = _prepare_resume(config, Path(resume_from))
+        smoke = bool(previous.get("smoke"))
     if smoke:
         config = smoke_config(config)
     rundir.check_name(run_name or config.name)
@@ -146,43 +178,75 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
                               validation=config.train.validation, validation_split=config.train.validation_split,
                               seed=config.seed, data_dir=data_dir, synthetic=smoke)
     chief = runtime.is_chief()
-    run_dir = rundir.create(runs_dir, run_name or config.name) if chief else Path(tempfile.mkdtemp(prefix="cnnctl-worker-"))
-    manifest = rundir.Manifest(run_dir)
-    manifest.update(
-        cnnctl=__version__, status="running", name=run_dir.name, config_name=config.name, smoke=smoke,
-        command=sys.argv, python=platform.python_version(), platform=platform.platform(), **runtime.versions(),
+    if state is not None:
+        if previous.get("dataset", {}).get("files") != splits.identity.get("files") or \
+                previous.get("dataset", {}).get("fingerprint") != splits.identity.get("fingerprint"):
+            raise RunError(f"{run_dir}: the dataset differs from the one this run was trained on "
+                           f"(compare manifest.json 'dataset'); resume needs the same data")
+        if not chief:
+            run_dir = Path(tempfile.mkdtemp(prefix="cnnctl-worker-"))
+    else:
+        run_dir = rundir.create(runs_dir, run_name or config.name) if chief else \
+            Path(tempfile.mkdtemp(prefix="cnnctl-worker-"))
+    manifest = rundir.Manifest(run_dir, dict(previous) if chief else {})
+    common = dict(
+        status="running", python=platform.python_version(), platform=platform.platform(), **runtime.versions(),
         device=plan.device, device_reason=plan.device_reason, precision=plan.precision,
         precision_reason=plan.precision_reason, jit_compile=plan.jit_compile, distribute=plan.distribute,
-        strategy=type(strategy).__name__, replicas=strategy.num_replicas_in_sync, seed=config.seed,
-        deterministic=config.runtime.deterministic, dataset=splits.identity, class_names=splits.class_names,
-        start_time=start_time, end_time=None, wall_seconds=None,
+        strategy=type(strategy).__name__, replicas=strategy.num_replicas_in_sync, end_time=None,
     )
+    if state is None:
+        manifest.update(cnnctl=__version__, name=run_dir.name, config_name=config.name, smoke=smoke,
+                        command=sys.argv, seed=config.seed, deterministic=config.runtime.deterministic,
+                        dataset=splits.identity, class_names=splits.class_names, start_time=start_time,
+                        wall_seconds=None, **common)
+    else:
+        resumes = list(manifest.data.get("resumes", []))
+        resumes.append({"time": start_time, "from_epoch": state.epoch, "from_step": state.step,
+                        "command": sys.argv, "changed": {k: _lookup(config, k) for k in changes}})
+        manifest.update(resumes=resumes, **common)
     rundir.write_text(run_dir / rundir.CONFIG, to_yaml(config))
+    elapsed_before = float(manifest.data.get("wall_seconds") or 0.0) if state is not None else 0.0
+
+    def finish(**fields):
+        manifest.update(end_time=rundir.now(),
+                        wall_seconds=round(elapsed_before + time.perf_counter() - started, 2), **fields)
+
     try:
-        result = _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, callbacks, log, smoke)
+        result = _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, callbacks, log, smoke, stop, state)
     except KeyboardInterrupt:
-        manifest.update(status="interrupted", end_time=rundir.now(), wall_seconds=round(time.perf_counter() - started, 2))
+        finish(status="interrupted")
         raise
     except CnnctlError as exc:
-        manifest.update(status="failed", error=exc.message, end_time=rundir.now(),
-                        wall_seconds=round(time.perf_counter() - started, 2))
+        finish(status="failed", error=exc.message)
         raise
     except Exception as exc:
-        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}", end_time=rundir.now(),
-                        wall_seconds=round(time.perf_counter() - started, 2))
+        finish(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise TrainingFailed(f"training failed: {type(exc).__name__}: {exc}",
                              hint=f"run directory: {run_dir}; rerun with --debug for the traceback") from exc
-    result.wall_seconds = round(time.perf_counter() - started, 2)
-    manifest.update(status=result.status, end_time=rundir.now(), wall_seconds=result.wall_seconds,
-                    epochs_run=result.epochs_run, best_epoch=result.best_epoch,
-                    images_per_second=result.images_per_second, expect=result.expect,
-                    **({"error": result.message} if result.message else {}))
+    if stop.reason == "interrupt":
+        finish(status="interrupted", interrupted_at={"epoch": (stop.where or (None, None))[0],
+                                                     "step": (stop.where or (None, None))[1]})
+        raise Interrupted(f"stopped by signal {stop.signal}; a resume checkpoint is in {run_dir}",
+                          run_dir=run_dir, signal_number=stop.signal or 2)
+    result.wall_seconds = round(elapsed_before + time.perf_counter() - started, 2)
+    finish(status=result.status, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
+           images_per_second=result.images_per_second, expect=result.expect,
+           **({"error": result.message} if result.message else {}))
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
     return result
 
 
-def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_callbacks, log, smoke) -> TrainResult:
+def _lookup(config: Config, dotted: str):
+    value = config.model_dump(mode="json")
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_callbacks, log, smoke, stop,
+                      state) -> TrainResult:
     import keras
 
     from cnnctl import callbacks as cb
@@ -191,52 +255,91 @@ def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_call
     train_cfg = config.train
     num_classes = len(splits.class_names)
     one_hot = train_cfg.loss == "categorical_crossentropy"
-
-    def dataset(x, y, shuffle):
-        return data.make_dataset(x, y, batch_size=train_cfg.batch_size, num_classes=num_classes, one_hot=one_hot,
-                                 shuffle=shuffle, seed=config.seed, shuffle_buffer=config.data.shuffle_buffer)
-
-    train_ds = dataset(splits.x_train, splits.y_train, train_cfg.shuffle)
-    val_ds = dataset(splits.x_val, splits.y_val, False) if splits.x_val is not None else None
     steps_per_epoch = math.ceil(len(splits.x_train) / train_cfg.batch_size)
+
+    def epochs_from(start_epoch, skip_steps=0, epochs=None):
+        return data.make_epoch_dataset(splits.x_train, splits.y_train, batch_size=train_cfg.batch_size,
+                                       num_classes=num_classes, one_hot=one_hot, shuffle=train_cfg.shuffle,
+                                       seed=config.seed, start_epoch=start_epoch, skip_steps=skip_steps,
+                                       epochs=epochs)
+
+    def fixed(x, y):
+        return data.make_dataset(x, y, batch_size=train_cfg.batch_size, num_classes=num_classes, one_hot=one_hot,
+                                 shuffle=False, seed=config.seed)
+
+    val_ds = fixed(splits.x_val, splits.y_val) if splits.x_val is not None else None
     with strategy.scope():
         model = build_model(config.model, name=config.name, float32_output=plan.precision != "float32")
         model.compile(optimizer=make_optimizer(train_cfg.optimizer, steps_per_epoch, train_cfg.epochs),
                       loss=train_cfg.loss, metrics=make_metrics(train_cfg), jit_compile=plan.jit_compile,
                       steps_per_execution=config.runtime.steps_per_execution)
-    rundir.write_text(run_dir / rundir.SUMMARY, summary_text(config, model, plan.precision))
+        if state is not None:
+            resume.restore(model, run_dir, state)
+    if state is None:
+        rundir.write_text(run_dir / rundir.SUMMARY, summary_text(config, model, plan.precision))
+    else:
+        resume.reconcile_metrics(run_dir / rundir.METRICS, state)
 
-    checkpoint = cb.AtomicCheckpoint(run_dir / rundir.CHECKPOINTS, monitor=train_cfg.monitor, write=chief)
-    nan_guard = cb.NaNGuard()
-    callback_list = [cb.EpochExtras(), nan_guard, *cb.from_config(train_cfg.callbacks)]
-    if train_cfg.callbacks.terminate_on_nan:
-        callback_list.append(keras.callbacks.TerminateOnNaN())
-    callback_list += [
-        cb.MetricsCSV(run_dir / rundir.METRICS),
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / rundir.TENSORBOARD), write_graph=False, profile_batch=0),
+    checkpoint = cb.AtomicCheckpoint(run_dir / rundir.CHECKPOINTS, monitor=train_cfg.monitor, write=chief, stop=stop,
+                                     best_value=state.best_value if state else None,
+                                     best_epoch=state.best_epoch if state else None)
+    configured = cb.from_config(train_cfg.callbacks)
+    resumer = cb.ResumeCheckpoint(run_dir, stop, checkpoint, configured, every_steps=train_cfg.checkpoint_every_steps,
+                                  steps_per_epoch=steps_per_epoch, initial=state, write=chief)
+    nan_guard = cb.NaNGuard(stop, step_offset=state.step if state else 0)
+    callback_list = [
+        cb.EpochExtras(),
+        *([nan_guard] if train_cfg.callbacks.terminate_on_nan else []),
+        *configured,
         checkpoint,
+        resumer,
+        cb.MetricsCSV(run_dir / rundir.METRICS, append=state is not None, stop=stop),
+        cb.TensorBoard(log_dir=str(run_dir / rundir.TENSORBOARD), write_graph=False, profile_batch=0, stop=stop),
         *extra_callbacks,
     ]
-    history = model.fit(train_ds, validation_data=val_ds, epochs=train_cfg.epochs, callbacks=callback_list,
-                        shuffle=False, verbose=0).history  # the dataset shuffles itself, seeded
-    history = {key: [float(v) for v in values] for key, values in history.items()}
-    epochs_run = len(history.get("loss", []))
-    rundir.write_json(run_dir / rundir.HISTORY, {"epochs": list(range(1, epochs_run + 1)), **history})
+
+    start_epoch, skip = (state.epoch, state.step) if state else (0, 0)
+    if skip and start_epoch < train_cfg.epochs:  # finish the interrupted epoch first
+        model.fit(epochs_from(start_epoch, skip, epochs=1), validation_data=val_ds, initial_epoch=start_epoch,
+                  epochs=start_epoch + 1, steps_per_epoch=steps_per_epoch - skip, callbacks=callback_list,
+                  shuffle=False, verbose=0)
+        start_epoch += 1
+        nan_guard.step_offset = 0
+    if start_epoch < train_cfg.epochs and not model.stop_training and not stop.reason:
+        model.fit(epochs_from(start_epoch), validation_data=val_ds, initial_epoch=start_epoch,
+                  epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch, callbacks=callback_list,
+                  shuffle=False, verbose=0)
+    history = read_history(run_dir / rundir.METRICS) if chief else {}
+    epochs_run = len(history.get("epoch", []))
+    if chief:
+        rundir.write_json(run_dir / rundir.HISTORY, history)
 
     status, message, report = "completed", None, None
-    if nan_guard.where is not None:
+    if stop.reason == "nan":
         status = "failed"
-        message = f"loss became NaN at epoch {nan_guard.where[0]}, step {nan_guard.where[1]}; " \
-                  f"the last good checkpoint is kept"
+        message = f"loss became NaN at epoch {stop.where[0]}, step {stop.where[1]}; the last good checkpoint is kept"
         log(message)
-    elif (run_dir / rundir.BEST).exists() or not chief:
-        best = keras.saving.load_model(run_dir / rundir.BEST) if chief else model
-        test_ds = dataset(splits.x_test, splits.y_test, False)
-        probabilities = best.predict(test_ds, verbose=0)
+    elif stop.reason == "interrupt":
+        return TrainResult(run_dir, "interrupted", epochs_run, checkpoint.best_epoch, 0.0, None, None, history)
+    elif chief and (run_dir / rundir.BEST).exists():
+        best = keras.saving.load_model(run_dir / rundir.BEST)
+        probabilities = best.predict(fixed(splits.x_test, splits.y_test), verbose=0)
         report = evaluation.report(probabilities, splits.y_test, splits.class_names, train_cfg.top_k)
         report.update(checkpoint="checkpoints/best.keras", best_epoch=checkpoint.best_epoch, created=rundir.now())
-        if chief:
-            rundir.write_json(run_dir / rundir.EVAL, report)
+        rundir.write_json(run_dir / rundir.EVAL, report)
     images = _steady_images_per_second(history, len(splits.x_train))
     return TrainResult(run_dir, status, epochs_run, checkpoint.best_epoch, 0.0, images, report, history,
                        check_expectations(config, report, history, model.count_params(), smoke), message)
+
+
+def read_history(path: Path) -> dict:
+    """history.json's content from metrics.csv: {"epoch": [...], "loss": [...], ...}."""
+    import csv
+
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = list(rows[0].keys()) if rows else []
+    return {c: [int(r[c]) if c == "epoch" else (float(r[c]) if r[c] not in ("", None) else None) for r in rows]
+            for c in columns}

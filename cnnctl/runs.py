@@ -1,0 +1,257 @@
+"""Runs side by side: the listing of a runs directory, the comparison of a few runs, a run's test data.
+
+Everything here reads the files a run directory holds (manifest.json, history.json, metrics.csv,
+eval.json, config.yaml) and never imports TensorFlow; only `test_split` loads data. A folder
+without a manifest or a config is not a run and is skipped; a run whose manifest cannot be read
+is listed with status "unreadable" rather than stopping the listing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cnnctl import rundir
+from cnnctl.errors import CnnctlError, RunError
+
+UNREADABLE = "unreadable"
+NOT_METRICS = ("epoch", "epochs", "learning_rate", "epoch_seconds")  # history columns that are not metrics
+
+
+def history(run_dir: Path) -> dict[str, list[float]]:
+    """Per-epoch values of a run: history.json, else metrics.csv (written epoch by epoch), else {}."""
+    run_dir = Path(run_dir)
+    try:
+        data = json.loads((run_dir / rundir.HISTORY).read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            return {k: [_number(v) for v in values] for k, values in data.items() if isinstance(values, list)}
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(run_dir / rundir.METRICS, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error):
+        return {}
+    columns = rows[0].keys() if rows else []
+    return {column: [_number(row.get(column)) for row in rows] for column in columns}
+
+
+def metric_names(hist: dict) -> list[str]:
+    """loss first, then the other training metrics, each of which may have a val_ twin."""
+    names = [k for k in hist if not k.startswith("val_") and k not in NOT_METRICS]
+    names += [k[4:] for k in hist if k.startswith("val_") and k[4:] not in names]  # validation-only
+    return sorted(names, key=lambda k: (k != "loss", k))
+
+
+def higher_is_better(metric: str) -> bool:
+    return "acc" in metric or metric.endswith("f1")
+
+
+def best(values: list[float], metric: str) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    return max(finite) if higher_is_better(metric.removeprefix("val_")) else min(finite)
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _planned_epochs(run_dir: Path) -> int | None:
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / rundir.CONFIG).read_text(encoding="utf-8"))
+        return int(config["train"]["epochs"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+
+
+def describe(run_dir: Path) -> dict:
+    """One row of the listing: what a run is, how far it got, how well it did."""
+    run_dir = Path(run_dir)
+    manifest = _read(run_dir / rundir.MANIFEST)
+    hist = history(run_dir)
+    evaluation = _read(run_dir / rundir.EVAL) or {}
+    epochs_run = (manifest or {}).get("epochs_run")
+    if epochs_run is None:
+        epochs_run = len(hist.get("epoch") or hist.get("epochs") or hist.get("loss") or []) or None
+    row = {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "config": None,
+        "status": UNREADABLE if manifest is None else manifest.get("status", UNREADABLE),
+        "epochs_run": epochs_run,
+        "epochs": _planned_epochs(run_dir),
+        "best_val_accuracy": best(hist.get("val_accuracy", []), "val_accuracy"),
+        "test_accuracy": _number(evaluation.get("accuracy")),
+        "wall_seconds": _number((manifest or {}).get("wall_seconds")),
+        "start_time": (manifest or {}).get("start_time"),
+        "smoke": bool((manifest or {}).get("smoke")),
+    }
+    if manifest is not None:
+        row["config"] = manifest.get("config_name")
+    return row
+
+
+def _is_run(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".") and \
+        ((path / rundir.MANIFEST).exists() or (path / rundir.CONFIG).is_file())
+
+
+def _started(row: dict, path: Path) -> float:
+    try:
+        return datetime.fromisoformat(row["start_time"]).timestamp()
+    except (TypeError, ValueError):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+
+def list_runs(runs_dir: str | Path) -> list[dict]:
+    """Every run directly under `runs_dir`, newest first."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise RunError(f"{runs_dir}: no such runs directory")
+    try:
+        children = sorted(runs_dir.iterdir())
+    except OSError as exc:
+        raise RunError(f"{runs_dir}: cannot list the runs directory: {exc.strerror}") from None
+    rows = [(describe(path), path) for path in children if _is_run(path)]
+    rows.sort(key=lambda pair: (_started(*pair), pair[0]["name"]), reverse=True)
+    return [row for row, _ in rows]
+
+
+# ---------------------------------------------------------------- compare
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings and lists as dotted keys: {"model.layers[0].Conv2D.filters": 32, ...}."""
+    if isinstance(value, dict):
+        if not value and prefix:
+            return {prefix: {}}
+        items: dict[str, Any] = {}
+        for key, item in value.items():
+            items.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return items
+    if isinstance(value, list):
+        if not value:
+            return {prefix: []}
+        items = {}
+        for index, item in enumerate(value):
+            items.update(flatten(item, f"{prefix}[{index}]"))
+        return items
+    return {prefix: value}
+
+
+MISSING = "(absent)"
+
+
+def config_differences(configs: list[dict]) -> dict[str, list]:
+    """The dotted keys whose values are not the same in every config, with each config's value."""
+    flat = [flatten(config or {}) for config in configs]
+    keys = sorted({key for f in flat for key in f}, key=_natural)
+    return {key: [f.get(key, MISSING) for f in flat] for key in keys
+            if any(f.get(key, MISSING) != flat[0].get(key, MISSING) for f in flat[1:])}
+
+
+def _natural(key: str) -> list:
+    """model.layers[10] after model.layers[9]."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def _params(config_path: Path) -> int | None:
+    """Parameter count from the config's layer stack (no TensorFlow needed)."""
+    from cnnctl.config import load_config
+    from cnnctl.shapes import infer
+
+    try:
+        return sum(layer.params for layer in infer(load_config(config_path).model))
+    except (CnnctlError, OSError):
+        return None
+
+
+def compare(run_dirs: list[str | Path]) -> dict:
+    """Metrics (final and best of each), test results, size, time and config differences of runs."""
+    import yaml
+
+    runs, configs = [], []
+    for given in run_dirs:
+        run_dir = rundir.resolve(given)
+        try:
+            configs.append(yaml.safe_load((run_dir / rundir.CONFIG).read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError) as exc:
+            raise RunError(f"{run_dir / rundir.CONFIG}: unreadable: {exc}") from None
+        hist = history(run_dir)
+        metrics = {}
+        for name in metric_names(hist):
+            for key in (name, f"val_{name}"):
+                values = [v for v in hist.get(key, []) if v is not None]
+                if values:
+                    metrics[key] = {"final": values[-1], "best": best(values, key)}
+        evaluation = _read(run_dir / rundir.EVAL) or {}
+        row = describe(run_dir)
+        row.update(metrics=metrics, test_loss=_number(evaluation.get("loss")), params=_params(run_dir / rundir.CONFIG),
+                   history=hist)
+        runs.append(row)
+    names = [run["name"] for run in runs]
+    if len(set(names)) < len(names):  # runs of the same name in different folders
+        for run in runs:
+            run["name"] = run["path"]
+    return {"runs": runs, "config_differences": config_differences(configs)}
+
+
+def default_plot_path(run_dirs: list[str | Path]) -> Path:
+    """`compare-<name>-<name>....png` in the first run's parent folder (a short name for many runs)."""
+    paths = [Path(p) for p in run_dirs]
+    names = [p.resolve().name for p in paths]
+    stem = "compare-" + "-".join(names)
+    if len(stem) > 120:
+        stem = f"compare-{names[0]}-and-{len(names) - 1}-more"
+    return paths[0].resolve().parent / f"{stem}.png"
+
+
+# ---------------------------------------------------------------- a run's data
+
+
+def test_split(run_dir: str | Path, *, data_dir: str | Path | None = None, config_path: str | Path | None = None):
+    """(config, Splits) of the data a run was trained on; a smoke run's synthetic data for --smoke runs.
+
+    The same choice evaluation.evaluate makes, so test image i here is test image i there.
+    """
+    from cnnctl import data
+    from cnnctl.config import load_config
+    from cnnctl.shapes import output_units
+
+    run_dir = rundir.resolve(run_dir)
+    config = load_config(config_path or run_dir / rundir.CONFIG)
+    manifest = _read(run_dir / rundir.MANIFEST) or {}
+    smoke = bool(manifest.get("smoke"))
+    if smoke:
+        from cnnctl.train import smoke_config
+
+        config = smoke_config(config)
+    splits = data.load_splits(config.data, input_shape=config.model.input_shape,
+                              num_classes=output_units(config.model), validation="none",
+                              validation_split=config.train.validation_split, seed=config.seed,
+                              data_dir=data_dir, synthetic=smoke)
+    return config, splits
