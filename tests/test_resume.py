@@ -1,0 +1,169 @@
+"""Reliability end to end, in real subprocesses: SIGKILL + resume, SIGINT, concurrent runs, --set on resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CONFIG = """\
+name: long
+seed: 5
+data:
+  dataset: synthetic
+  synthetic: {train_examples: 12000, test_examples: 200}
+model:
+  input_shape: [16, 16, 1]
+  layers:
+    - Conv2D: {filters: 16, kernel_size: 3, activation: relu}
+    - MaxPooling2D: {pool_size: 2}
+    - Dropout: {rate: 0.3}
+    - Flatten: {}
+    - Dense: {units: 4, activation: softmax}
+train:
+  optimizer: {name: adam, learning_rate: 0.0003, schedule: {type: inverse_time, decay_rate: 0.001}}
+  batch_size: 16
+  epochs: 3
+  validation: split
+  callbacks: {early_stopping: {monitor: val_loss, patience: 5}}
+runtime: {deterministic: true, precision: float32}
+"""
+TIMING = {"epoch_seconds"}
+
+
+def cnnctl(*args: str, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CNNCTL_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "cnnctl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(handle)]
+
+
+def wait_for_epochs(run: Path, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run / "metrics.csv").exists() and len(rows(run)) >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{run} did not reach {count} epochs")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    (root / "long.yaml").write_text(CONFIG)
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir):
+    code, out, err = finish(cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"),
+                                   "--run-name", "whole", "--quiet"))
+    assert code == 0, err
+    return workdir / "runs" / "whole"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(workdir, uninterrupted):
+    run = workdir / "runs" / "killed"
+    proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"),
+                  "--run-name", "killed", "--quiet")
+    wait_for_epochs(run, 1)
+    time.sleep(0.6)  # well inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(rows(run)) == 1
+    assert json.loads((run / "manifest.json").read_text())["status"] == "running"  # killed: nobody updated it
+    state = json.loads((run / "checkpoints" / "resume.json").read_text())
+    assert (state["epoch"], state["step"]) == (1, 0)
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+
+    code, out, err = finish(cnnctl("train", "--resume", str(run), "--quiet"))
+    assert code == 0, err
+    resumed = rows(run)
+    assert [r["epoch"] for r in resumed] == ["1", "2", "3"]  # each epoch exactly once
+    assert resumed == rows(uninterrupted)  # deterministic: identical metrics
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["epochs_run"] == 3
+    assert manifest["resumes"][0]["from_epoch"] == 1
+    final = json.loads((run / "eval.json").read_text())
+    assert final["loss"] == json.loads((uninterrupted / "eval.json").read_text())["loss"]
+
+
+@pytest.mark.slow
+def test_sigint_stops_with_a_resume_checkpoint_and_the_resume_command(workdir, uninterrupted):
+    run = workdir / "runs" / "stopped"
+    proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"),
+                  "--run-name", "stopped", "--quiet")
+    wait_for_epochs(run, 1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, err
+    assert f"cnnctl train --resume {run}" in err
+    assert "Traceback" not in err
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    epoch, step = manifest["interrupted_at"]["epoch"], manifest["interrupted_at"]["step"]
+    state = json.loads((run / "checkpoints" / "resume.json").read_text())
+    assert (state["epoch"] + 1, state["step"]) == (epoch, step) and step > 0  # mid-epoch checkpoint
+    assert len(rows(run)) == 1  # the partial epoch is not logged as an epoch
+
+    code, out, err = finish(cnnctl("train", "--resume", str(run), "--quiet"))
+    assert code == 0, err
+    assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
+    # Training state is exact, so the weights end where an uninterrupted run ends them.
+    assert rows(run)[-1]["val_loss"] == rows(uninterrupted)[-1]["val_loss"]
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143(workdir):
+    run = workdir / "runs" / "termed"
+    proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"),
+                  "--run-name", "termed", "--quiet", "--set", "train.epochs=1")
+    deadline = time.monotonic() + 60
+    while not (run / "manifest.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert code == 143, err
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+
+
+def test_resume_allows_safe_changes_and_refuses_model_changes(workdir, uninterrupted):
+    code, _, err = finish(cnnctl("train", "--resume", str(uninterrupted), "--set", "model.layers[0].Conv2D.filters=8"))
+    assert code == 2 and "--resume cannot change model.layers" in err
+    code, _, err = finish(cnnctl("train", "--resume", str(uninterrupted)))
+    assert code == 2 and "already completed 3 of 3 epochs" in err
+    code, _, err = finish(cnnctl("train", "--resume", str(uninterrupted), "--quiet", "--set", "train.epochs=4"))
+    assert code == 0, err
+    assert [r["epoch"] for r in rows(uninterrupted)] == ["1", "2", "3", "4"]
+    manifest = json.loads((uninterrupted / "manifest.json").read_text())
+    assert manifest["resumes"][-1]["changed"] == {"train.epochs": 4}
+
+
+def test_four_runs_started_at_once_get_four_directories(tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs" / "mnist.yaml"
+    procs = [cnnctl("train", str(config), "--smoke", "--quiet", "--runs-dir", str(tmp_path)) for _ in range(4)]
+    results = [finish(p) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0, 0], [err for _, _, err in results]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["mnist", "mnist-2", "mnist-3", "mnist-4"]
+    for name in names:
+        assert json.loads((tmp_path / name / "manifest.json").read_text())["name"] == name

@@ -1,0 +1,199 @@
+"""End-to-end training through the CLI on tiny synthetic data, one real-data run, and data errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cnnctl.cli import app
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+REPO = Path(__file__).resolve().parents[1]
+
+SYNTHETIC = """\
+name: syn
+seed: 1
+data:
+  dataset: synthetic
+  synthetic: {train_examples: 96, test_examples: 32}
+model:
+  input_shape: [12, 12, 1]
+  layers:
+    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}
+    - MaxPooling2D: {pool_size: 2}
+    - Dropout: {rate: 0.1}
+    - Flatten: {}
+    - Dense: {units: 3, activation: softmax}
+train:
+  optimizer: {name: adam, learning_rate: 0.01}
+  loss: categorical_crossentropy
+  metrics: [accuracy, top_k_accuracy]
+  top_k: 2
+  batch_size: 16
+  epochs: 2
+  validation: split
+  validation_split: 0.25
+runtime: {precision: float32}
+expect: {params: 115}
+"""
+
+RUN_FILES = {"config.yaml", "summary.txt", "manifest.json", "metrics.csv", "history.json", "eval.json",
+             "checkpoints", "tensorboard", "plots"}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, runner):
+    """One synthetic run, shared by the assertions below (training is the slow part)."""
+    root = tmp_path_factory.mktemp("train")
+    config = root / "syn.yaml"
+    config.write_text(SYNTHETIC)
+    result = runner.invoke(app, ["train", str(config), "--runs-dir", str(root / "runs"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return root, config, result
+
+
+def test_run_directory_has_exactly_the_documented_files(trained):
+    root, _, result = trained
+    run = root / "runs" / "syn"
+    present = {p.name for p in run.iterdir()}
+    assert RUN_FILES <= present
+    assert present - RUN_FILES == set()
+    checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
+    assert {"best.keras", "last.keras", "resume.json"} <= checkpoints
+    assert not [name for name in checkpoints if name.endswith(".tmp.keras")]
+    assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "test       accuracy" in result.output and "published  params 115: built 115 -> met" in result.output
+
+
+def test_metrics_csv_has_one_row_per_epoch_with_learning_rate_and_time(trained):
+    root, _, _ = trained
+    with open(root / "runs" / "syn" / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "accuracy", "loss", "top_k_accuracy", "val_accuracy", "val_loss",
+                             "val_top_k_accuracy", "learning_rate", "epoch_seconds"]
+    for row in rows:
+        assert float(row["learning_rate"]) == pytest.approx(0.01)
+        assert float(row["epoch_seconds"]) > 0
+        assert 0.0 <= float(row["val_accuracy"]) <= 1.0
+    history = json.loads((root / "runs" / "syn" / "history.json").read_text())
+    assert history["epoch"] == [1, 2] and len(history["loss"]) == 2
+
+
+def test_manifest_records_versions_runtime_data_and_status(trained):
+    root, _, _ = trained
+    manifest = json.loads((root / "runs" / "syn" / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    for key in ("cnnctl", "tensorflow", "keras", "python", "device", "precision", "seed", "start_time",
+                "end_time", "wall_seconds", "strategy", "replicas"):
+        assert manifest[key] not in (None, ""), key
+    assert manifest["precision"] == "float32" and manifest["device"] == "/CPU:0" and manifest["replicas"] == 1
+    assert manifest["seed"] == 1
+    assert manifest["dataset"]["dataset"] == "synthetic"
+    assert manifest["dataset"]["train_examples"] == 72 and manifest["dataset"]["val_examples"] == 24
+    assert manifest["class_names"] == ["0", "1", "2"]
+    assert manifest["epochs_run"] == 2
+
+
+def test_eval_json_reports_test_metrics_per_class_and_confusion(trained):
+    root, _, _ = trained
+    report = json.loads((root / "runs" / "syn" / "eval.json").read_text())
+    assert report["examples"] == 32
+    assert 0.0 <= report["accuracy"] <= 1.0 and report["loss"] > 0
+    assert report["top_k"] == 2 and "top_2_accuracy" in report
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == 32
+    assert sum(row["support"] for row in report["per_class"]) == 32
+    assert report["checkpoint"] == "checkpoints/best.keras"
+
+
+def test_config_yaml_in_the_run_is_the_resolved_config(trained):
+    from cnnctl.config import load_config
+
+    root, config, _ = trained
+    assert load_config(root / "runs" / "syn" / "config.yaml") == load_config(config)
+
+
+def test_evaluate_rewrites_only_eval_json(trained, runner):
+    root, _, _ = trained
+    run = root / "runs" / "syn"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "plots" not in p.parts}
+    result = runner.invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "Confusion matrix" in result.output and "Per class" in result.output
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "plots" not in p.parts}
+    changed = {p.name for p in before if before[p] != after.get(p)}
+    assert changed == {"eval.json"}
+
+
+def test_evaluate_out_writes_elsewhere_and_json(trained, runner, tmp_path):
+    root, _, _ = trained
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["evaluate", str(root / "runs" / "syn"), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["examples"] == 32
+
+
+def test_two_runs_with_the_same_name_get_two_directories(trained, runner):
+    root, config, _ = trained
+    result = runner.invoke(app, ["train", str(config), "--runs-dir", str(root / "runs"), "--quiet", "--smoke"])
+    assert result.exit_code == 0, result.output
+    assert (root / "runs" / "syn-2" / "manifest.json").is_file()
+    assert json.loads((root / "runs" / "syn" / "manifest.json").read_text())["smoke"] is False
+
+
+def test_json_mode_prints_one_object_per_epoch_then_the_result(tmp_path, runner):
+    config = tmp_path / "syn.yaml"
+    config.write_text(SYNTHETIC)
+    result = runner.invoke(app, ["train", str(config), "--runs-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [line["event"] for line in lines] == ["epoch", "epoch", "result"]
+    assert lines[1]["epoch"] == 2 and "val_loss" in lines[1]
+    assert lines[-1]["status"] == "completed" and lines[-1]["test_accuracy"] is not None
+
+
+def test_real_mnist_slice_learns_well_above_chance(tmp_path, runner):
+    source = SHARED / "mnist.npz"
+    if not source.is_file():
+        pytest.skip("../shared/datasets/mnist.npz is not here")
+    with np.load(source) as data:
+        np.savez(tmp_path / "slice.npz", x_train=data["x_train"][:4000], y_train=data["y_train"][:4000],
+                 x_test=data["x_test"][:1000], y_test=data["y_test"][:1000])
+    result = runner.invoke(app, [
+        "train", str(REPO / "configs" / "mnist.yaml"), "--runs-dir", str(tmp_path / "runs"), "--quiet",
+        "--set", "data.dataset=npz", "--set", f"data.root={tmp_path / 'slice.npz'}",
+        "--set", "train.epochs=2", "--set", "train.optimizer.learning_rate=0.05",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "runs" / "mnist" / "eval.json").read_text())
+    assert report["examples"] == 1000
+    assert report["accuracy"] > 0.8, report["accuracy"]  # chance is 0.1
+
+
+def test_missing_data_offline_fails_fast_listing_the_files(tmp_path):
+    env = {"HOME": str(tmp_path), "KERAS_HOME": str(tmp_path / "keras"), "CNNCTL_DATA": str(tmp_path / "none"),
+           "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "cnnctl", "train", str(REPO / "configs" / "cifar10.yaml"),
+                           "--runs-dir", str(tmp_path / "runs"), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr
+    assert elapsed < 10, elapsed
+    assert "cifar-10-batches-py" in proc.stderr and "cifar-10-python.tar.gz" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs" / "cifar10").exists()  # no run directory for a run that never started
