@@ -167,6 +167,30 @@ def configure_logical_cpus(count: int) -> None:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
+def patch_keras_for_multi_worker() -> None:
+    """Work around Keras 3 reducing scalar logs with `axis=0` under MultiWorkerMirroredStrategy.
+
+    keras-team/keras#20585: fit() fails with "Invalid reduction dimension 0 for input with 0
+    dimensions" because Keras' TF trainer averages per-replica logs with strategy.reduce(axis=0),
+    which is wrong for scalars. Averaging across replicas (axis=None) is what it means to do.
+    Only applied when a run asks for multi_worker.
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "_cnnctl_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._cnnctl_patch = True
+    trainer.reduce_per_replica = reduce_per_replica
+
+
 def apply(runtime_plan: Plan, seed: int):
     """Carry out the plan: seeds, determinism, GPU memory growth, precision policy; return the strategy.
 
@@ -179,6 +203,7 @@ def apply(runtime_plan: Plan, seed: int):
         # Collectives must be configured before anything else touches the TensorFlow runtime.
         tf_config()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        patch_keras_for_multi_worker()
     else:
         strategy = None
     try:

@@ -38,6 +38,7 @@ class TrainResult:
     history: dict
     expect: list[dict] = field(default_factory=list)
     message: str | None = None
+    warnings: list[str] = field(default_factory=list)  # problems that did not fail the run (plots)
 
 
 def smoke_config(config: Config) -> Config:
@@ -232,7 +233,8 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
     result.wall_seconds = round(elapsed_before + time.perf_counter() - started, 2)
     finish(status=result.status, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
            images_per_second=result.images_per_second, expect=result.expect,
-           **({"error": result.message} if result.message else {}))
+           **({"error": result.message} if result.message else {}),
+           **({"warnings": result.warnings} if result.warnings else {}))
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
     return result
@@ -273,6 +275,8 @@ def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_call
         model.compile(optimizer=make_optimizer(train_cfg.optimizer, steps_per_epoch, train_cfg.epochs),
                       loss=train_cfg.loss, metrics=make_metrics(train_cfg), jit_compile=plan.jit_compile,
                       steps_per_execution=config.runtime.steps_per_execution)
+        if plan.distribute == "multi_worker":
+            _build_for_multi_worker(model, epochs_from(0, epochs=1))
         if state is not None:
             resume.restore(model, run_dir, state)
     if state is None:
@@ -327,9 +331,33 @@ def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_call
         report = evaluation.report(probabilities, splits.y_test, splits.class_names, train_cfg.top_k)
         report.update(checkpoint="checkpoints/best.keras", best_epoch=checkpoint.best_epoch, created=rundir.now())
         rundir.write_json(run_dir / rundir.EVAL, report)
+    plot_warnings = _write_plots(run_dir, report, splits.x_test, log) if chief else []
     images = _steady_images_per_second(history, len(splits.x_train))
     return TrainResult(run_dir, status, epochs_run, checkpoint.best_epoch, 0.0, images, report, history,
-                       check_expectations(config, report, history, model.count_params(), smoke), message)
+                       check_expectations(config, report, history, model.count_params(), smoke), message,
+                       warnings=plot_warnings)
+
+
+def _write_plots(run_dir, report, test_images, log) -> list[str]:
+    """plots/ after eval.json; a plot that cannot be drawn is a warning, never a failed run."""
+    from cnnctl.plots import try_write_run_plots
+
+    problems = try_write_run_plots(run_dir, report=report, test_images=test_images)
+    for problem in problems:
+        log(f"warning: {problem}")
+    return problems
+
+
+def _build_for_multi_worker(model, dataset) -> None:
+    """Build model, loss and metrics before fit under MultiWorkerMirroredStrategy.
+
+    Keras 3's fit first "reduces" a distributed input batch just to learn its shapes, which
+    MultiWorkerMirroredStrategy cannot do (keras-team/keras#20585: "Attempt to convert a value
+    (PerReplica...) to a Tensor"). Building from one plain batch first, and skipping that step
+    on this model, is all the workaround needs; training itself is Keras' own.
+    """
+    model._symbolic_build(data_batch=next(iter(dataset.take(1))))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
 
 
 def read_history(path: Path) -> dict:
