@@ -261,3 +261,29 @@ class Config(Section):
     train: TrainConfig
     runtime: RuntimeConfig = RuntimeConfig()
     expect: ExpectConfig | None = None
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a config, for editors; it accepts what the loader accepts.
+
+    Besides `- Conv2D: {...}`, a layer without required arguments may be written bare
+    (`- Flatten`) or with nothing after the colon (`- Flatten:`).
+    """
+    from cnnctl.layers import LAYER_TYPES
+
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cnnctl experiment config"
+    definitions = schema["$defs"]
+    bare = []
+    for name, (args, _) in LAYER_TYPES.items():
+        entry = definitions.get(f"{name}Layer")
+        if entry is None:
+            continue
+        entry["minProperties"] = 1
+        entry["properties"][name] = {"anyOf": [entry["properties"][name], {"type": "null"}]}
+        if not any(field.is_required() for field in args.model_fields.values()):
+            bare.append(name)
+    items = definitions["ModelConfig"]["properties"]["layers"]["items"]
+    items["oneOf"].append({"enum": bare})
+    return schema
