@@ -6,6 +6,7 @@ and a record of where a loss became NaN.
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
 import time
@@ -15,6 +16,7 @@ import keras
 import numpy as np
 
 from cnnctl import resume
+from cnnctl.errors import TrainingFailed
 from cnnctl.schema import CallbacksConfig
 
 
@@ -124,6 +126,10 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         try:
             self.model.save(tmp)
             os.replace(tmp, target)
+        except OSError as exc:  # a full disk fails the run with a message, not an OSError from inside fit
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            kept = f"the previous {name} is kept" if target.exists() else f"no {name} was written"
+            raise TrainingFailed(f"cannot write checkpoints/{name} ({reason}); {kept}") from exc
         finally:
             tmp.unlink(missing_ok=True)
 

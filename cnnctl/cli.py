@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -109,12 +110,9 @@ def config(config: ConfigArg, set_: SetOpt = None) -> None:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the config format (for editor validation)."""
-    from cnnctl.schema import Config
+    from cnnctl.schema import json_schema
 
-    data = Config.model_json_schema()
-    data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    data["title"] = "cnnctl experiment config"
-    out.print(json.dumps(data, indent=2), highlight=False, markup=False)
+    out.print(json.dumps(json_schema(), indent=2), highlight=False, markup=False)
 
 
 @app.command()
@@ -312,11 +310,21 @@ def evaluate(
             rundir.write_json(destination, report)
         except OSError as exc:
             raise CnnctlError(f"{destination}: cannot write the report: {exc.strerror}") from None
+        plotted = None
+        if out_file is None and target.is_dir():  # the run's own eval.json: its plots follow it
+            from cnnctl.plots import try_write_run_plots
+
+            problems = try_write_run_plots(default_out.parent, report=report, data_dir=data_dir, config_path=config)
+            for problem in problems:
+                err.print(f"warning: {problem}", highlight=False, markup=False)
+            plotted = None if problems else default_out.parent / rundir.PLOTS
         if json_:
             out.print(json.dumps(report), highlight=False, markup=False)
             return
         _print_report(report)
         out.print(f"report written to {destination}", highlight=False, markup=False)
+        if plotted:
+            out.print(f"plots written to {plotted}", highlight=False, markup=False)
 
 
 def _print_report(report: dict) -> None:
@@ -341,6 +349,206 @@ def _print_report(report: dict) -> None:
     for name, row in zip(names, report["confusion_matrix"], strict=True):
         matrix.add_row(name, *[str(v) for v in row])
     out.print(matrix)
+
+
+# ---------------------------------------------------------------- results: runs, compare, predict, export
+
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="The folder that holds the run directories.")]
+RunArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]
+
+
+def _plain(text: str, console: Console | None = None) -> None:
+    (console or out).print(text, highlight=False, markup=False)
+
+
+def _print_table(table) -> None:
+    """A table at its natural width: a narrow or non-terminal console would squeeze names to nothing."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(out, out.options.update(max_width=10_000), table).maximum
+    if natural <= out.width:
+        out.print(table)
+        return
+    wide = Console(file=out.file, width=natural, color_system=out.color_system, force_terminal=out.is_terminal)
+    wide.print(table)
+
+
+def _number(value, fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m {seconds:02d}s" if minutes < 60 else f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def _started(value) -> str:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        return "-"
+
+
+@app.command("runs")
+def runs_command(runs_dir: RunsDirOpt = Path("runs"), json_: JsonOpt = False) -> None:
+    """List the runs of a runs directory, newest first: status, epochs, accuracy, time."""
+    with _errors():
+        from cnnctl.runs import list_runs
+
+        rows = list_runs(runs_dir)
+        if json_:
+            _plain(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            _plain(f"no runs in {runs_dir}")
+            return
+        from rich.table import Table
+
+        table = Table(title=f"Runs in {runs_dir}", title_justify="left")
+        for column in ("run", "config", "status", "epochs", "best val acc", "test acc", "wall", "started"):
+            table.add_column(column, justify="right" if column in ("epochs", "best val acc", "test acc", "wall")
+                             else "left")
+        for row in rows:
+            epochs = "-" if row["epochs_run"] is None else \
+                f'{row["epochs_run"]}/{row["epochs"]}' if row["epochs"] else str(row["epochs_run"])
+            status = row["status"] + (" (smoke)" if row["smoke"] else "")
+            table.add_row(row["name"], row["config"] or "-", status, epochs, _number(row["best_val_accuracy"]),
+                          _number(row["test_accuracy"]), _duration(row["wall_seconds"]), _started(row["start_time"]))
+        _print_table(table)
+
+
+@app.command("compare")
+def compare_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.", show_default=False)],
+    out_file: Annotated[Optional[Path], typer.Option(
+        "--out", help="Where to write the overlaid learning curves (.png, .svg or .pdf; default: "
+                      "compare-<names>.png beside the first run).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Runs side by side: final and best metrics, test accuracy, size, time, config differences, one plot."""
+    with _errors():
+        from cnnctl.errors import RunError
+        from cnnctl.runs import compare, default_plot_path
+
+        if len(run_dirs) < 2:
+            raise RunError("compare needs at least two run directories")
+        destination = out_file or default_plot_path(run_dirs)
+        if destination.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise RunError(f"{destination}: the plot file must end in .png, .svg or .pdf")
+        result = compare(run_dirs)
+        from cnnctl.plots import compare_curves
+
+        try:
+            compare_curves(result["runs"], destination)
+        except OSError as exc:
+            raise RunError(f"{destination}: cannot write the plot: {exc.strerror}") from None
+        result["plot"] = str(destination)
+        if json_:
+            _plain(json.dumps(result, indent=2))
+            return
+        _print_comparison(result)
+        _plain(f"plot written to {destination}")
+
+
+def _print_comparison(result: dict) -> None:
+    from rich.table import Table
+
+    runs = result["runs"]
+    table = Table(title="Metrics (final / best)", title_justify="left")
+    table.add_column("")
+    for run in runs:
+        table.add_column(run["name"], justify="right", overflow="fold")
+    metrics: list[str] = []
+    for run in runs:
+        metrics += [m for m in run["metrics"] if m not in metrics]
+    for metric in metrics:
+        cells = [f'{_number(run["metrics"][metric]["final"])} / {_number(run["metrics"][metric]["best"])}'
+                 if metric in run["metrics"] else "-" for run in runs]
+        table.add_row(metric, *cells)
+    table.add_row("test accuracy", *[_number(run["test_accuracy"]) for run in runs])
+    table.add_row("test loss", *[_number(run["test_loss"]) for run in runs])
+    table.add_row("params", *[_number(run["params"], ",") for run in runs])
+    table.add_row("epochs", *["-" if run["epochs_run"] is None else str(run["epochs_run"]) for run in runs])
+    table.add_row("wall time", *[_duration(run["wall_seconds"]) for run in runs])
+    table.add_row("status", *[run["status"] for run in runs])
+    _print_table(table)
+    differences = result["config_differences"]
+    if not differences:
+        _plain("configs: identical")
+        return
+    diff = Table(title="Config differences", title_justify="left")
+    diff.add_column("key", overflow="fold")
+    for run in runs:
+        diff.add_column(run["name"], overflow="fold")
+    for key, values in differences.items():
+        diff.add_row(key, *[v if isinstance(v, str) else json.dumps(v) for v in values])
+    _print_table(diff)
+
+
+@app.command("predict")
+def predict_command(
+    target: Annotated[Path, typer.Argument(help="A run directory, or a .keras model file.", show_default=False)],
+    images: Annotated[Path, typer.Argument(help="An image file (PNG, JPEG, ...) or a folder of them.",
+                                           show_default=False)],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show per image.")] = 3,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Config naming the classes of a bare model file (else class indices).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Classify images: the top-k classes and their probabilities, per image."""
+    with _errors():
+        _quiet_tensorflow()
+        from cnnctl.predict import predict
+
+        results = predict(target, images, top_k=top_k, config_path=config)
+        if json_:
+            _plain(json.dumps(results, indent=2))
+            return
+        width = max(len(r["image"]) for r in results)
+        for result in results:
+            tops = "   ".join(f'{t["class"]} {t["probability"]:.3f}' for t in result["top"])
+            _plain(f'{result["image"]:<{width}}   {tops}')
+
+
+class ExportFormat(str, Enum):  # the formats of cnnctl.export.FORMATS (a test keeps them in step)
+    keras = "keras"
+    saved_model = "saved_model"
+    tflite = "tflite"
+    onnx = "onnx"
+
+
+@app.command("export")
+def export_command(
+    run: RunArg,
+    format_: Annotated[ExportFormat, typer.Option("--format", "-f", help="The format to write.",
+                                                  show_default=False)],
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", help="Where to write it (default: RUN/export/model.<ext>, saved_model: a folder); "
+                      "never overwritten.")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Export the run's best model, then check it gives the Keras model's outputs on test images."""
+    with _errors():
+        _quiet_tensorflow()
+        from cnnctl.export import export
+
+        result = export(run, format_.value, out_path, data_dir=data_dir)
+        _plain(f"exported   {result.path}  ({result.format}, {result.bytes:,} bytes"
+               + (f"; float32 copy of a {result.precision} model)" if result.trained_difference is not None
+                  else ")"))
+        _plain(f"checked    {result.images} {result.images_from}: largest difference {result.difference:.3g} "
+               f"(tolerance {result.tolerance:g})")
+        if result.trained_difference is not None:
+            _plain(f"           against the model as trained in {result.precision}: {result.trained_difference:.3g} "
+                   f"(tolerance {result.trained_tolerance:g})")
+
 
 
 def main() -> None:

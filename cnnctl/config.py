@@ -40,7 +40,7 @@ class Source:
         # An override replaces everything under its path, so the file's marks there are stale.
         for n in range(len(path), -1, -1):
             if path[:n] in self.overrides:
-                return f"--set {self.overrides[path[:n]]}"
+                return f"--set {printable(self.overrides[path[:n]])}"
         for n in range(len(path), -1, -1):
             prefix = path[:n]
             marks = self.key_marks if at_key and n == len(path) else self.marks
@@ -50,10 +50,18 @@ class Source:
         return self.name
 
 
+def printable(text: str) -> str:
+    """User text as it is echoed in a message: line breaks and control characters escaped, so that
+    one problem stays one line and a key cannot recolour or rewrite the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def format_path(path: Path_) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{printable(str(part))}" if out else printable(str(part)))
     return out or "(top level)"
 
 
@@ -71,9 +79,12 @@ def _walk(node: yaml.Node, path: Path_, source: Source, depth: int, count: list[
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
+            line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+            if not isinstance(key_node, yaml.ScalarNode):  # `? [a, b]: 1`, `{[x]: 1}`
+                raise ConfigError(f"{source.name}:{line}:{col}: {format_path(path)}: a key must be plain text, "
+                                  f"not a {'list' if isinstance(key_node, yaml.SequenceNode) else 'mapping'}")
             key = key_node.value
             if key in seen:
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 raise ConfigError(f"{source.name}:{line}:{col}: {format_path(path + (key,))}: duplicate key")
             seen.add(key)
             source.key_marks[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
@@ -85,8 +96,15 @@ def _walk(node: yaml.Node, path: Path_, source: Source, depth: int, count: list[
 
 def parse_yaml(text: str, name: str) -> tuple[Any, Source]:
     """Safe-load YAML text, recording the line and column of every key and value."""
-    source = Source(name)
-    loader = yaml.SafeLoader(text)
+    source = Source(printable(name))
+    name = source.name
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters here, before parsing
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        raise ConfigError(f"{name}:{line}:{column}: YAML syntax error: character U+{exc.character:04X} "
+                          "is not allowed in YAML") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -96,13 +114,13 @@ def parse_yaml(text: str, name: str) -> tuple[Any, Source]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = printable(exc.problem or exc.context or "invalid YAML")
         if "constructor for the tag" in problem:
             tag = problem.split("for the tag", 1)[-1].strip().replace("tag:yaml.org,2002:", "!!")
             problem = f"{tag} tags are not allowed (configs are plain YAML)"
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{name}: YAML error: {exc}") from None
+        raise ConfigError(f"{name}: YAML error: {' '.join(str(exc).split())}") from None
     except RecursionError:
         raise ConfigError(f"{name}: nested too deeply") from None
     finally:
@@ -112,19 +130,20 @@ def parse_yaml(text: str, name: str) -> tuple[Any, Source]:
 
 def read_config_file(path: str | Path) -> tuple[Any, Source]:
     path = Path(path)
+    shown = printable(str(path))
     if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{shown}: no such config file")
     if not path.is_file():
-        raise ConfigError(f"{path}: not a file")
+        raise ConfigError(f"{shown}: not a file")
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {size} bytes is too large for a config (limit {MAX_CONFIG_BYTES})")
+        raise ConfigError(f"{shown}: {size} bytes is too large for a config (limit {MAX_CONFIG_BYTES})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise ConfigError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{shown}: cannot read: {exc.strerror}") from None
     return parse_yaml(text, str(path))
 
 
@@ -147,6 +166,7 @@ def apply_overrides(raw: Any, overrides: list[str], source: Source) -> Any:
     raw = raw if isinstance(raw, dict) else {}
     problems = []
     for text in overrides:
+        shown = printable(text) if text.strip() else repr(text)
         key, sep, value_text = text.partition("=")
         try:
             if not sep:
@@ -154,14 +174,14 @@ def apply_overrides(raw: Any, overrides: list[str], source: Source) -> Any:
             path = _parse_key_path(key.strip())
             value, _ = parse_yaml(value_text, "value")
         except (ValueError, ConfigError) as exc:
-            problems.append(f"--set {text}: {exc}")
+            problems.append(f"--set {shown}: {exc}")
             continue
         target: Any = raw
         for depth, part in enumerate(path[:-1]):
             nxt = path[depth + 1]
             if isinstance(target, list):
                 if not isinstance(part, int) or part >= len(target):
-                    problems.append(f"--set {text}: {format_path(path[:depth + 1])}: no such list item")
+                    problems.append(f"--set {shown}: {format_path(path[:depth + 1])}: no such list item")
                     break
                 target = target[part]
             elif isinstance(target, dict):
@@ -170,7 +190,7 @@ def apply_overrides(raw: Any, overrides: list[str], source: Source) -> Any:
                     source.overrides.setdefault(path[:depth + 1], text)
                 target = target[part]
             else:
-                problems.append(f"--set {text}: {format_path(path[:depth])} is not a mapping")
+                problems.append(f"--set {shown}: {format_path(path[:depth])} is not a mapping")
                 break
         else:
             last = path[-1]
@@ -179,7 +199,7 @@ def apply_overrides(raw: Any, overrides: list[str], source: Source) -> Any:
             elif isinstance(target, dict) and not isinstance(last, int):
                 target[last] = value
             else:
-                problems.append(f"--set {text}: {format_path(path)}: cannot be set")
+                problems.append(f"--set {shown}: {format_path(path)}: cannot be set")
                 continue
             source.overrides[path] = text
     if problems:
@@ -297,7 +317,7 @@ def validate(raw: Any, source: Source) -> Config:
             if error["type"] == "missing" and path in misspelt:
                 continue
             where = source.locate(path, at_key=error["type"] == "extra_forbidden")
-            problems.append(f"{where}: {format_path(path)}: {_message(error, path)}")
+            problems.append(f"{where}: {format_path(path)}: {printable(_message(error, path))}")
         raise ConfigError(problems) from None
 
 

@@ -11,10 +11,16 @@ from pathlib import Path
 import numpy as np
 
 EPSILON = 1e-7  # Keras' clipping of probabilities in crossentropy
+MISCLASSIFIED = 100  # mistakes listed in a report (for plots/misclassified.png), most confident first
 
 
-def report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], top_k: int = 5) -> dict:
-    """Metrics of predicted class probabilities (N, C) against integer labels (N,)."""
+def report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], top_k: int = 5,
+           misclassified: int = MISCLASSIFIED) -> dict:
+    """Metrics of predicted class probabilities (N, C) against integer labels (N,).
+
+    `misclassified` lists up to that many wrong predictions, {index into the test split, true,
+    predicted, probability of the predicted class}, the most confident first.
+    """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     n, num_classes = probabilities.shape
@@ -48,7 +54,16 @@ def report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]
         "per_class": per_class,
         "class_names": [c["class"] for c in per_class],
         "confusion_matrix": confusion.tolist(),
+        "misclassified": _mistakes(probabilities, labels, predicted, misclassified),
     }
+
+
+def _mistakes(probabilities: np.ndarray, labels: np.ndarray, predicted: np.ndarray, limit: int) -> list[dict]:
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    order = wrong[np.argsort(-confidence, kind="stable")][:limit]
+    return [{"index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]),
+             "probability": round(float(probabilities[i, predicted[i]]), 6)} for i in order]
 
 
 def evaluate(target, *, config_path=None, data_dir=None, overrides=None) -> tuple[dict, Path]:

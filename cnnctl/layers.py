@@ -54,7 +54,8 @@ class LayerArgs(BaseModel):
     def _only_set(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict:
         data = handler(self)
         order = [k for cls in type(self).__mro__ for k in getattr(cls, "__annotations__", {})]
-        return {key: data[key] for key in dict.fromkeys(order) if key in self.model_fields_set}
+        # `key in data`: an explicit `activation: null` is set, but exclude_none has dropped it.
+        return {key: data[key] for key in dict.fromkeys(order) if key in self.model_fields_set and key in data}
 
     def kwargs(self) -> dict[str, Any]:
         """The arguments for the Keras constructor: what was set, lists as tuples."""

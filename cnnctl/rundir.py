@@ -41,9 +41,8 @@ def now() -> str:
 
 def check_name(name: str) -> str:
     """A run name is one path component: letters, digits, '.', '_', '-'; no '/', '..' or control characters."""
-    if not NAME_RE.match(name) or ".." in name:
-        shown = name.encode("unicode_escape").decode("ascii")
-        raise RunError(f"run name {shown!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+    if not NAME_RE.fullmatch(name) or ".." in name:  # fullmatch: `$` alone would accept "name\n"
+        raise RunError(f"run name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
                        "starting with a letter or digit, without '..'")
     return name
 

@@ -42,7 +42,7 @@ train:
   validation: split
   validation_split: 0.25
 runtime: {precision: float32}
-expect: {params: 115}
+expect: {params: 343}
 """
 
 RUN_FILES = {"config.yaml", "summary.txt", "manifest.json", "metrics.csv", "history.json", "eval.json",
@@ -75,7 +75,7 @@ def test_run_directory_has_exactly_the_documented_files(trained):
     assert {"best.keras", "last.keras", "resume.json"} <= checkpoints
     assert not [name for name in checkpoints if name.endswith(".tmp.keras")]
     assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
-    assert "test       accuracy" in result.output and "published  params 115: built 115 -> met" in result.output
+    assert "test       accuracy" in result.output and "published  params 343: built 343 -> met" in result.output
 
 
 def test_metrics_csv_has_one_row_per_epoch_with_learning_rate_and_time(trained):

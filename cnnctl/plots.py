@@ -1,0 +1,218 @@
+"""The pictures of a run: learning curves, confusion matrix, misclassified test images; and a comparison.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot: no display, no global figure
+state) and written atomically, so a plot is either the new one or the old one. matplotlib is
+imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cnnctl import rundir, runs
+
+LEARNING_CURVES = "learning_curves.png"
+CONFUSION_MATRIX = "confusion_matrix.png"
+MISCLASSIFIED = "misclassified.png"
+GRID = 25  # misclassified images shown (5 x 5)
+DPI = 100
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path) -> Path:
+    """Render to memory, then write under a temporary name and rename (the format is the suffix's)."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", bbox_inches="tight", pad_inches=0.15)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _epochs(hist: dict) -> list:
+    for key in ("epoch", "epochs"):
+        if hist.get(key):
+            return hist[key]
+    return list(range(1, max((len(v) for v in hist.values()), default=0) + 1))
+
+
+def _nan(values: list) -> list[float]:
+    return [math.nan if v is None else v for v in values]
+
+
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def learning_curves(hist: dict, path: Path, title: str = "") -> Path:
+    """One panel per metric (loss first): training against validation, per epoch."""
+    names = runs.metric_names(hist) or ["loss"]
+    epochs = _epochs(hist)
+    figure = _figure(4.2 * len(names), 3.4)
+    axes = figure.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=True):
+        for key, label, style in ((name, "training", "o-"), (f"val_{name}", "validation", "s--")):
+            values = hist.get(key)
+            if values:
+                ax.plot(epochs[:len(values)], _nan(values), style, label=label, markersize=4)
+        _epoch_axis(ax)
+        ax.set_title(name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def confusion_matrix(report: dict, path: Path, title: str = "") -> Path:
+    """Counts and row-normalised (recall per true class) side by side, with class names."""
+    counts = np.asarray(report["confusion_matrix"], dtype=np.int64)
+    names = list(report.get("class_names") or [str(i) for i in range(len(counts))])
+    n = len(counts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rows = counts.sum(axis=1, keepdims=True)
+        normalised = np.where(rows > 0, counts / np.maximum(rows, 1), 0.0)
+    side = min(max(5.0, 0.3 * n + 3.0), 15.0) if n <= 40 else 10.0  # beyond 40 classes: no labels to fit
+    figure = _figure(2 * side + 1, side)
+    axes = figure.subplots(1, 2)
+    for ax, matrix, label, fmt in ((axes[0], counts, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
+        image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=None if fmt == "d" else 1)
+        figure.colorbar(image, ax=ax, shrink=0.8)
+        ax.set_title(label)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if n <= 40:
+            ax.set_xticks(range(n), [name[:14] for name in names], rotation=60, ha="right", fontsize=8)
+            ax.set_yticks(range(n), [name[:14] for name in names], fontsize=8)
+        if n <= 20:
+            high = matrix.max() if matrix.size else 0
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="white" if high and matrix[i, j] > high / 2 else "black")
+    accuracy = report.get("accuracy")
+    figure.suptitle(" ".join(p for p in (title, f"test accuracy {accuracy:.4f}" if accuracy is not None else "")
+                             if p) or "confusion matrix")
+    return _save(figure, path)
+
+
+def _displayable(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """An image array matplotlib can show, and its colour map (gray for one channel)."""
+    if image.ndim == 1:
+        side = math.isqrt(image.size)
+        image = image.reshape(side, side) if side * side == image.size else image.reshape(1, -1)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        return image, None
+    if image.ndim == 3:
+        image = image[..., 0]
+    return image, "gray"
+
+
+def misclassified(images: np.ndarray, mistakes: list[dict], class_names: list[str], path: Path,
+                  title: str = "") -> Path:
+    """A grid of up to GRID test images the model got wrong, with true and predicted labels."""
+    shown = mistakes[:GRID]
+    columns = 5 if shown else 1
+    rows = max(1, math.ceil(len(shown) / columns))
+    figure = _figure(2.0 * columns + 0.4, 2.25 * rows + 0.6) if shown else _figure(6.0, 2.5)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    if not shown:
+        axes[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
+
+    def name(index: int) -> str:
+        return class_names[index] if index < len(class_names) else str(index)
+
+    for ax, mistake in zip(axes, shown, strict=False):
+        picture, cmap = _displayable(np.asarray(images[mistake["index"]]))
+        ax.imshow(picture, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(f"true {name(mistake['true'])}\npredicted {name(mistake['predicted'])} "
+                     f"({mistake['probability']:.2f})", fontsize=8)
+    figure.suptitle(title or "misclassified test images, most confident first")
+    return _save(figure, path)
+
+
+def write_run_plots(run_dir: str | Path, *, report: dict | None = None, test_images: np.ndarray | None = None,
+                    data_dir=None, config_path=None) -> list[Path]:
+    """plots/learning_curves.png, and with an evaluation report plots/confusion_matrix.png and
+    plots/misclassified.png. `report` defaults to eval.json; `test_images` are reloaded when not given."""
+    run_dir = Path(run_dir)
+    folder = run_dir / rundir.PLOTS
+    name = run_dir.name
+    written = [learning_curves(runs.history(run_dir), folder / LEARNING_CURVES, title=name)]
+    if report is None and (run_dir / rundir.EVAL).is_file():
+        report = rundir.read_json(run_dir / rundir.EVAL)
+    if report is None:
+        return written
+    written.append(confusion_matrix(report, folder / CONFUSION_MATRIX, title=name))
+    mistakes = report.get("misclassified") or []
+    if mistakes and test_images is None:
+        test_images = runs.test_split(run_dir, data_dir=data_dir, config_path=config_path)[1].x_test
+    if mistakes and len(test_images) != report.get("examples"):
+        raise ValueError(f"the test split has {len(test_images)} images but the report counts {report.get('examples')}")
+    written.append(misclassified(test_images, mistakes, report.get("class_names") or [], folder / MISCLASSIFIED,
+                                 title=f"{name}: misclassified test images, most confident first"))
+    return written
+
+
+def try_write_run_plots(run_dir: str | Path, **kwargs) -> list[str]:
+    """write_run_plots, for a caller whose results stand without plots: problems become warnings."""
+    try:
+        write_run_plots(run_dir, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure to draw is reported, never raised
+        return [f"plots not written: {type(exc).__name__}: {exc}"]
+    return []
+
+
+def compare_curves(rows: list[dict], path: Path) -> Path:
+    """Learning curves of several runs overlaid: one panel per metric, a colour per run,
+    solid for training and dashed for validation."""
+    names: list[str] = []
+    for row in rows:
+        names += [n for n in runs.metric_names(row["history"]) if n not in names]
+    names = sorted(names or ["loss"], key=lambda k: (k != "loss", k))
+    figure = _figure(4.6 * len(names), 3.8)
+    axes = figure.subplots(1, len(names), squeeze=False)[0]
+    colours = [f"C{i % 10}" for i in range(len(rows))]
+    for ax, metric in zip(axes, names, strict=True):
+        for row, colour in zip(rows, colours, strict=True):
+            hist = row["history"]
+            epochs = _epochs(hist)
+            for key, style, suffix in ((metric, "o-", ""), (f"val_{metric}", "s--", " (val)")):
+                if hist.get(key):
+                    ax.plot(epochs[:len(hist[key])], _nan(hist[key]), style, color=colour, markersize=3,
+                            label=f"{row['name']}{suffix}")
+        _epoch_axis(ax)
+        ax.set_title(metric)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    figure.suptitle("compare: " + ", ".join(row["name"] for row in rows))
+    return _save(figure, path)

@@ -1,0 +1,108 @@
+"""Classify image files with a trained model: top-k classes and their probabilities.
+
+Images are prepared exactly as an image-folder dataset is for training (data._decode_images):
+decoded (PNG, JPEG, BMP, GIF), converted to the model's channels, resized to its height and width
+when their size differs, then scaled to [0, 1]. Class names come from the run (manifest.json), or
+for a bare .keras file from --config; without either they are the class indices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnnctl import data, rundir
+from cnnctl.errors import DataError, RunError
+
+BATCH = 64
+
+
+def find_images(path: str | Path) -> list[Path]:
+    """A file as given, or every image file (by suffix) directly in a folder, sorted by name."""
+    path = Path(path)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir()
+                        if p.is_file() and p.suffix.lower() in data.IMAGE_SUFFIXES and not p.name.startswith("."))
+        if not images:
+            raise DataError(f"{path}: no images ({', '.join(data.IMAGE_SUFFIXES)}) in this folder")
+        return images
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    return [path]
+
+
+def config_class_names(config) -> list[str] | None:
+    """Class names a config implies: data.class_names, a built-in dataset's, or an image folder's."""
+    if config.data.class_names:
+        return list(config.data.class_names)
+    builtin = data.BUILTINS.get(config.data.dataset)
+    if builtin is not None and builtin.class_names:
+        return list(builtin.class_names)
+    if config.data.dataset == "directory" and config.data.root and (Path(config.data.root) / "train").is_dir():
+        train = Path(config.data.root) / "train"
+        return sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return None
+
+
+def load_classifier(target: str | Path, config_path: str | Path | None = None):
+    """(keras model, class names or None, where the names came from) for a run directory or a .keras file."""
+    from cnnctl.config import load_config
+    from cnnctl.model import load_model
+
+    target = Path(target)
+    names, source = None, None
+    if target.is_dir() or target.name == rundir.MANIFEST:
+        run_dir = rundir.resolve(target)
+        model_path = run_dir / rundir.BEST
+        if not model_path.is_file():
+            raise RunError(f"{run_dir}: the run has no {rundir.BEST} (it did not finish an epoch)")
+    else:
+        model_path, run_dir = target, None
+        inside = target.parent.parent if target.parent.name == rundir.CHECKPOINTS else None
+        if config_path is None and inside is not None and (inside / rundir.CONFIG).is_file():
+            run_dir = inside  # checkpoints/best.keras of a run: the run knows its classes
+    if config_path is not None:
+        names, source = config_class_names(load_config(config_path)), str(config_path)
+    elif run_dir is not None:
+        try:
+            names, source = rundir.read_json(run_dir / rundir.MANIFEST).get("class_names"), str(run_dir)
+        except RunError:
+            names = None
+        if names is None:
+            names, source = config_class_names(load_config(run_dir / rundir.CONFIG)), str(run_dir)
+    model = load_model(model_path)
+    outputs = int(model.output_shape[-1])
+    if names is not None and len(names) != outputs:
+        raise RunError(f"{source}: names {len(names)} classes but the model {model_path} has {outputs} outputs")
+    return model, names, source
+
+
+def prepare(paths: list[Path], input_shape: tuple) -> np.ndarray:
+    """float32 images in [0, 1], shaped (N, *input_shape); DataError naming an unreadable file."""
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+        raise DataError(f"the model takes inputs of shape {shape}: predict reads images for models whose input "
+                        "is [H, W, 1 or 3] or [H, W]")
+    decode_shape = shape if len(shape) == 3 else (*shape, 1)
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: not a file")
+    images = data._decode_images(paths, decode_shape)  # the training pipeline's own conversion
+    return (images.astype(np.float32) / 255.0).reshape((len(paths), *shape))
+
+
+def predict(target: str | Path, images: str | Path, *, top_k: int = 3, config_path: str | Path | None = None,
+            ) -> list[dict]:
+    """For each image: {"image": path, "top": [{"class", "index", "probability"}, ...]}, best first."""
+    paths = find_images(images)
+    model, names, _ = load_classifier(target, config_path)
+    x = prepare(paths, model.input_shape[1:])
+    probabilities = np.asarray(model.predict(x, batch_size=BATCH, verbose=0), dtype=np.float64)
+    k = max(1, min(top_k, probabilities.shape[1]))
+    results = []
+    for path, row in zip(paths, probabilities, strict=True):
+        best = np.argsort(-row, kind="stable")[:k]
+        results.append({"image": str(path), "top": [
+            {"class": names[i] if names else str(i), "index": int(i), "probability": float(row[i])} for i in best]})
+    return results
