@@ -1,6 +1,6 @@
 """Classify image files with a trained model: top-k classes and their probabilities.
 
-Images are prepared exactly as an image-folder dataset is for training (data._decode_images):
+Images are prepared exactly as an image-folder dataset is for training (folders.decode_images):
 decoded (PNG, JPEG, BMP, GIF), converted to the model's channels, resized to its height and width
 when their size differs, then scaled to [0, 1]. Class names come from the run (manifest.json), or
 for a bare .keras file from --config; without either they are the class indices.
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnctl import data, rundir
+from cnnctl.data import folders
 from cnnctl.errors import DataError, RunError
 
 BATCH = 64
@@ -88,7 +89,7 @@ def prepare(paths: list[Path], input_shape: tuple) -> np.ndarray:
     for path in paths:
         if not path.is_file():
             raise DataError(f"{path}: not a file")
-    images = data._decode_images(paths, decode_shape)  # the training pipeline's own conversion
+    images = folders.decode_images(paths, decode_shape)  # the training pipeline's own conversion
     return (images.astype(np.float32) / 255.0).reshape((len(paths), *shape))
 
 

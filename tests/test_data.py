@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 from cnnctl import data
+from cnnctl.data import builtin, folders
 from cnnctl.errors import DataError
 from cnnctl.schema import DataConfig
 
 SHARED = Path("/work/shared/datasets")
-DEBIAN = data.DEBIAN_FASHION_MNIST  # the real one: the fixture below replaces the module constant
+DEBIAN = builtin.DEBIAN_FASHION_MNIST  # the real one: the fixture below replaces the module constant
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv("CNNCTL_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CNNCTL_DATA", raising=False)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(builtin, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
 
 def load(dataset="synthetic", *, input_shape=(8, 8, 3), num_classes=None, validation="none", split=0.25,
@@ -163,7 +164,7 @@ def test_missing_data_lists_the_files_and_places_quickly(tmp_path):
 def test_missing_data_without_network_fails_fast(monkeypatch):
     monkeypatch.delenv("CNNCTL_OFFLINE")
     monkeypatch.setitem(data.BUILTINS, "mnist", dataclasses.replace(data.BUILTINS["mnist"], host="127.0.0.1"))
-    monkeypatch.setattr(data, "NETWORK_TIMEOUT", 1.0)
+    monkeypatch.setattr(builtin, "NETWORK_TIMEOUT", 1.0)
     started = time.monotonic()
     with pytest.raises(DataError, match=r"mnist\.npz.*No network"):
         load("mnist", input_shape=(28, 28, 1))
@@ -174,7 +175,7 @@ def test_download_goes_to_the_keras_cache_then_is_found(tmp_path, monkeypatch):
     import keras
 
     monkeypatch.delenv("CNNCTL_OFFLINE")
-    monkeypatch.setattr(data, "_reachable", lambda host, timeout: True)
+    monkeypatch.setattr(builtin, "_reachable", lambda host, timeout: True)
     monkeypatch.setattr(keras.datasets.mnist, "load_data",
                         lambda: write_mnist(tmp_path / "keras" / "datasets" / "mnist.npz"))
     assert load("mnist", input_shape=(28, 28, 1)).x_train.shape == (5, 28, 28, 1)
@@ -246,7 +247,7 @@ def test_fashion_mnist_from_the_real_debian_files():
 
 def test_fashion_mnist_debian_folder_is_searched_last(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(builtin, "DEBIAN_FASHION_MNIST", debian)
     assert data.search_places("fashion_mnist")[-1] == ("Debian dataset-fashion-mnist", debian)
     assert all(place != debian for _, place in data.search_places("mnist"))
     write_fashion(debian)
@@ -314,7 +315,7 @@ def test_cifar10_from_batches_channel_last(tmp_path):
     assert s.x_train[4, 5, 7, 2] == row[2 * 1024 + 5 * 32 + 7]
     assert list(s.y_train[:3]) == [1, 2, 3] and list(s.y_test) == [9, 0]
     assert s.class_names == [f"c{i}" for i in range(10)]
-    assert {Path(f["path"]).name for f in s.identity["files"]} == {*data.CIFAR10_FILES, "batches.meta"}
+    assert {Path(f["path"]).name for f in s.identity["files"]} == {*builtin.CIFAR10_FILES, "batches.meta"}
 
 
 def test_cifar10_from_the_archive_and_keras3_cache_layout(tmp_path, monkeypatch):
@@ -413,7 +414,7 @@ def test_image_folder_cache_is_written_and_reused(tmp_path, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode_images", no_decoding)
+    monkeypatch.setattr(folders, "decode_images", no_decoding)
     second = load("directory", input_shape=(8, 8, 3), root=str(tmp_path / "imgs"))
     assert np.array_equal(first.x_train, second.x_train) and first.identity == second.identity
     with pytest.raises(AssertionError, match="decoded again"):  # another shape is another cache entry
@@ -518,6 +519,6 @@ def test_importing_data_does_not_import_tensorflow():
 
 def test_unpickler_allows_numpy_arrays_only():
     blob = pickle.dumps({b"a": np.arange(3, dtype=np.uint8)})
-    assert list(data._ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()[b"a"]) == [0, 1, 2]
+    assert list(builtin._ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()[b"a"]) == [0, 1, 2]
     with pytest.raises(pickle.UnpicklingError):
-        data._ArrayUnpickler(io.BytesIO(pickle.dumps(print)), encoding="bytes").load()
+        builtin._ArrayUnpickler(io.BytesIO(pickle.dumps(print)), encoding="bytes").load()

@@ -1,0 +1,60 @@
+"""Datasets: `DataConfig` -> uint8 arrays (`Splits`) -> batched float `tf.data.Dataset`s.
+
+Images stay uint8 in memory, (N, H, W, C) as the model's input_shape says; labels stay integer
+class indices. Scaling to [0, 1] and one-hot labels are made per batch in `make_dataset`.
+Built-in datasets are read from the files keras.datasets uses, found locally (see `search_places`);
+Keras' own download is tried only when the host answers within seconds ($CNNCTL_OFFLINE=1: never).
+Decoded image folders are cached on disk ($CNNCTL_CACHE, default ~/.cache/cnnctl). Every problem
+is a `DataError` naming the file. TensorFlow is imported only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnctl.data.arrays import Splits, check_classes, fit_shape, label_dtype, load_npz, split, synthetic_splits
+from cnnctl.data.builtin import BUILTINS, find_builtin_files, load_builtin, search_places
+from cnnctl.data.folders import IMAGE_SUFFIXES, load_directory
+from cnnctl.data.pipeline import make_dataset, make_epoch_dataset
+from cnnctl.errors import DataError
+from cnnctl.schema import DataConfig
+
+__all__ = ["BUILTINS", "IMAGE_SUFFIXES", "Splits", "find_builtin_files", "load_splits", "make_dataset",
+           "make_epoch_dataset", "search_places"]
+
+
+def load_splits(data: DataConfig, *, input_shape: list[int] | tuple, num_classes: int | None,
+                validation: str, validation_split: float, seed: int,
+                data_dir: str | Path | None = None, synthetic: bool = False) -> Splits:
+    """Load the dataset `data` describes as uint8 images shaped `input_shape`, split for training.
+
+    `num_classes` is the model's number of outputs. `synthetic` (the CLI's --smoke) replaces the
+    dataset with seeded random data. validation: "none", "split" (a seeded random
+    `validation_split` of the training set; an image folder's val/ if it has one) or "test".
+    """
+    shape = tuple(int(d) for d in input_shape)
+    if synthetic or data.dataset == "synthetic":
+        raw = synthetic_splits(data, shape, num_classes, seed)
+    elif data.dataset == "directory":
+        raw = load_directory(data, shape, data_dir)
+    elif data.dataset == "npz":
+        raw = load_npz(data, data_dir)
+    else:
+        raw = load_builtin(data, data_dir)
+    n = check_classes(data, raw, num_classes)
+    labels = label_dtype(n)
+    x_train, y_train = fit_shape(raw.x_train, shape), raw.y_train.astype(labels, copy=False)
+    x_test, y_test = fit_shape(raw.x_test, shape), raw.y_test.astype(labels, copy=False)
+    if validation == "none":
+        x_val = y_val = None
+    elif validation == "test":
+        x_val, y_val = x_test, y_test
+    elif validation == "split" and raw.x_val is not None:  # an image folder's val/
+        x_val, y_val = fit_shape(raw.x_val, shape), raw.y_val.astype(labels, copy=False)
+    elif validation == "split":
+        x_train, y_train, x_val, y_val = split(x_train, y_train, validation_split, seed)
+    else:
+        raise DataError(f"validation must be none, split or test, got {validation!r}")
+    identity = dict(raw.identity, train_examples=len(x_train), val_examples=0 if x_val is None else len(x_val),
+                    test_examples=len(x_test), image_shape=list(shape), num_classes=n)  # fmt: skip
+    return Splits(x_train, y_train, x_val, y_val, x_test, y_test, raw.class_names, identity)
