@@ -218,6 +218,12 @@ def train(
             cfg = _load(rundir.resolve(resume) / rundir.CONFIG, set_)
         else:
             cfg = _load(config, set_)
+            from cnnctl import rundir
+            from cnnctl.data import check_available
+
+            rundir.check_name(run_name if run_name is not None else cfg.name)
+            if not smoke:
+                check_available(cfg.data, data_dir)  # missing data: say so before TensorFlow starts
         _quiet_tensorflow()
         from cnnctl import progress
         from cnnctl import train as training

@@ -14,8 +14,10 @@ from cnnctl.errors import ShapeError
 from cnnctl.layers import LayerEntry
 from cnnctl.schema import ModelConfig
 
-# Refuse a model whose parameters alone would not fit comfortably in memory (float32 + Adam state).
+# Refuse a model whose parameters alone would not fit comfortably in memory (float32 + Adam state),
+# or one layer's output for a single image that TensorFlow could not even index (2**31 elements).
 MAX_PARAMS = 2_000_000_000
+MAX_ACTIVATION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,10 @@ def infer(model: ModelConfig) -> list[LayerInfo]:
             gib = total * 4 / 2**30
             raise ShapeError(f"{where}: the model would have {total:,} parameters ({gib:,.1f} GiB in float32 "
                              f"before optimizer state); the limit is {MAX_PARAMS:,}", index=index)
+        if math.prod(shape_out) > MAX_ACTIVATION:
+            gib = math.prod(shape_out) * 4 / 2**30
+            raise ShapeError(f"{where}: output {_describe(shape_out)} is {math.prod(shape_out):,} values per image "
+                             f"({gib:,.1f} GiB in float32); the limit is {MAX_ACTIVATION:,}", index=index)
         infos.append(LayerInfo(index, entry.keras_class, shape_out, params, trainable, macs))
         shape = shape_out
     return infos

@@ -166,7 +166,7 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
         smoke = bool(previous.get("smoke"))
     if smoke:
         config = smoke_config(config)
-    rundir.check_name(run_name or config.name)
+    name = rundir.check_name(run_name if run_name is not None else config.name)
     plan = runtime.plan(config.runtime, runtime.probe_hardware())
     log(f"device {plan.device} ({plan.device_reason}); precision {plan.precision} ({plan.precision_reason}); "
         f"XLA {'on' if plan.jit_compile else 'off'}")
@@ -187,7 +187,7 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
         if not chief:
             run_dir = Path(tempfile.mkdtemp(prefix="cnnctl-worker-"))
     else:
-        run_dir = rundir.create(runs_dir, run_name or config.name) if chief else \
+        run_dir = rundir.create(runs_dir, name) if chief else \
             Path(tempfile.mkdtemp(prefix="cnnctl-worker-"))
     manifest = rundir.Manifest(run_dir, dict(previous) if chief else {})
     common = dict(

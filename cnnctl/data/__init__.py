@@ -13,13 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnctl.data.arrays import Splits, check_classes, fit_shape, label_dtype, load_npz, split, synthetic_splits
-from cnnctl.data.builtin import BUILTINS, find_builtin_files, load_builtin, search_places
+from cnnctl.data.builtin import BUILTINS, find_builtin_files, load_builtin, locate_or_check_download, search_places
 from cnnctl.data.folders import IMAGE_SUFFIXES, load_directory
 from cnnctl.data.pipeline import make_dataset, make_epoch_dataset
 from cnnctl.errors import DataError
 from cnnctl.schema import DataConfig
 
-__all__ = ["BUILTINS", "IMAGE_SUFFIXES", "Splits", "find_builtin_files", "load_splits", "make_dataset",
+__all__ = ["BUILTINS", "IMAGE_SUFFIXES", "Splits", "check_available", "find_builtin_files", "load_splits", "make_dataset",
            "make_epoch_dataset", "search_places"]
 
 
@@ -58,3 +58,12 @@ def load_splits(data: DataConfig, *, input_shape: list[int] | tuple, num_classes
     identity = dict(raw.identity, train_examples=len(x_train), val_examples=0 if x_val is None else len(x_val),
                     test_examples=len(x_test), image_shape=list(shape), num_classes=n)  # fmt: skip
     return Splits(x_train, y_train, x_val, y_val, x_test, y_test, raw.class_names, identity)
+
+
+def check_available(data: DataConfig, data_dir: str | Path | None = None) -> None:
+    """Fail fast (DataError) when a built-in dataset is neither on disk nor downloadable.
+
+    Cheap and TensorFlow-free, so the CLI can say so before starting TensorFlow.
+    """
+    if data.dataset in BUILTINS:
+        locate_or_check_download(data.dataset, data_dir, data.root)

@@ -109,7 +109,12 @@ def _not_found(dataset: str, places: list[tuple[str, Path]], why: str = "") -> s
             f"data.root), $CNNCTL_DATA, {cache}{debian} (searched: {searched}).{' ' + why if why else ''}")
 
 
-def _locate_or_download(dataset: str, data_dir, root) -> list[Path]:
+def locate_or_check_download(dataset: str, data_dir, root) -> list[Path] | None:
+    """The local files of `dataset`, or None when they are missing but its download host answers.
+
+    DataError (naming the files and every place searched) when neither: offline, that takes
+    at most NETWORK_TIMEOUT seconds.
+    """
     try:
         return find_builtin_files(dataset, data_dir, root)
     except DataError:
@@ -120,6 +125,14 @@ def _locate_or_download(dataset: str, data_dir, root) -> list[Path]:
     host = BUILTINS[dataset].host
     if not _reachable(host, NETWORK_TIMEOUT):
         raise DataError(_not_found(dataset, places, f"No network to download it ({host} did not answer)."))
+    return None
+
+
+def _locate_or_download(dataset: str, data_dir, root) -> list[Path]:
+    files = locate_or_check_download(dataset, data_dir, root)
+    if files is not None:
+        return files
+    places = search_places(dataset, data_dir, root)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # Keras downloads with urllib and no timeout: a stall would hang forever
     try:
