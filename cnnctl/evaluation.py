@@ -66,51 +66,43 @@ def _mistakes(probabilities: np.ndarray, labels: np.ndarray, predicted: np.ndarr
              "probability": round(float(probabilities[i, predicted[i]]), 6)} for i in order]
 
 
-def evaluate(target, *, config_path=None, data_dir=None, overrides=None) -> tuple[dict, Path]:
+def evaluate(target, *, config_path=None, data_dir=None) -> tuple[dict, Path]:
     """Evaluate a run's best checkpoint (or a .keras file plus its config) on the test split.
 
     Returns the report and where it belongs: the run's eval.json, or next to a bare model file.
     """
-    from pathlib import Path
-
     from cnnctl import data, rundir
     from cnnctl.config import load_config
     from cnnctl.errors import RunError
     from cnnctl.model import load_model
+    from cnnctl.runs import test_split
+    from cnnctl.shapes import output_units
 
     target = Path(target)
-    class_names = None
     if target.is_dir():
         run_dir = rundir.resolve(target)
-        model_path = run_dir / rundir.BEST
-        config = load_config(config_path or run_dir / rundir.CONFIG, overrides)
-        manifest_path = run_dir / rundir.MANIFEST
-        if manifest_path.is_file():
-            class_names = rundir.read_json(manifest_path).get("class_names")
-        default_out = run_dir / rundir.EVAL
+        model = load_model(run_dir / rundir.BEST)
+        config, splits = test_split(run_dir, data_dir=data_dir, config_path=config_path)
+        manifest = run_dir / rundir.MANIFEST
+        class_names = (rundir.read_json(manifest).get("class_names") if manifest.is_file() else None) \
+            or splits.class_names
+        model_path, default_out = run_dir / rundir.BEST, run_dir / rundir.EVAL
     else:
         if config_path is None:
             raise RunError(f"{target}: a model file needs --config CONFIG (its data and class names)")
-        model_path, config = target, load_config(config_path, overrides)
-        default_out = target.with_suffix(".eval.json")
-    model = load_model(model_path)
-    expected = tuple(config.model.input_shape)
-    got = tuple(int(d) for d in model.input_shape[1:])
-    if got != expected:
-        raise RunError(f"{model_path}: the model takes inputs of shape {got}, the config's data has {expected}")
-    classes = int(model.output_shape[-1])
-    smoke = bool(target.is_dir() and rundir.read_json(target / rundir.MANIFEST).get("smoke")) \
-        if target.is_dir() and (target / rundir.MANIFEST).is_file() else False
-    if smoke:
-        from cnnctl.train import smoke_config
-
-        config = smoke_config(config)
-    splits = data.load_splits(config.data, input_shape=config.model.input_shape, num_classes=classes,
-                              validation="none", validation_split=config.train.validation_split,
-                              seed=config.seed, data_dir=data_dir, synthetic=smoke)
+        model, config = load_model(target), load_config(config_path)
+        splits = data.load_splits(config.data, input_shape=config.model.input_shape,
+                                  num_classes=output_units(config.model), validation="none",
+                                  validation_split=config.train.validation_split, seed=config.seed,
+                                  data_dir=data_dir)
+        class_names, model_path, default_out = splits.class_names, target, target.with_suffix(".eval.json")
+    got, expected = tuple(int(d) for d in model.input_shape[1:]), tuple(config.model.input_shape)
+    if got != expected or int(model.output_shape[-1]) != len(class_names):
+        raise RunError(f"{model_path}: the model maps {got} to {int(model.output_shape[-1])} classes; the config's "
+                       f"data has shape {expected} and {len(class_names)} classes")
     test_ds = data.make_dataset(splits.x_test, splits.y_test, batch_size=config.train.batch_size,
-                                num_classes=classes, one_hot=False, shuffle=False, seed=config.seed)
+                                num_classes=len(class_names), one_hot=False, shuffle=False, seed=config.seed)
     probabilities = model.predict(test_ds, verbose=0)
-    result = report(probabilities, splits.y_test, class_names or splits.class_names, config.train.top_k)
+    result = report(probabilities, splits.y_test, class_names, config.train.top_k)
     result.update(checkpoint=str(model_path), dataset=splits.identity)
     return result, default_out

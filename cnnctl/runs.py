@@ -236,7 +236,7 @@ def default_plot_path(run_dirs: list[str | Path]) -> Path:
 def test_split(run_dir: str | Path, *, data_dir: str | Path | None = None, config_path: str | Path | None = None):
     """(config, Splits) of the data a run was trained on; a smoke run's synthetic data for --smoke runs.
 
-    The same choice evaluation.evaluate makes, so test image i here is test image i there.
+    evaluation.evaluate, plots and export all use it, so test image i is the same image everywhere.
     """
     from cnnctl import data
     from cnnctl.config import load_config
