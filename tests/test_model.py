@@ -113,3 +113,24 @@ def test_without_float32_output_the_last_layer_follows_the_policy(keras_module, 
 def test_the_global_policy_was_restored(keras_module):
     # Runs after the two tests above in file order; a leaked policy would change every later model.
     assert keras_module.mixed_precision.global_policy().name == "float32"
+
+
+def test_mixed_float16_compiles_with_loss_scaling():
+    import keras
+
+    from cnnctl.config import config_from_yaml_text
+    from cnnctl.model import build_model
+    from cnnctl.train import make_optimizer
+
+    from conftest import MINIMAL_YAML
+
+    config = config_from_yaml_text(MINIMAL_YAML, "tiny.yaml")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(config.model, float32_output=True)
+        model.compile(optimizer=make_optimizer(config.train.optimizer, 1, 1), loss="sparse_categorical_crossentropy")
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert model.layers[0].compute_dtype == "float16"
+        assert model.layers[-1].compute_dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

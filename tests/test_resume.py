@@ -167,3 +167,43 @@ def test_four_runs_started_at_once_get_four_directories(tmp_path):
     assert names == ["mnist", "mnist-2", "mnist-3", "mnist-4"]
     for name in names:
         assert json.loads((tmp_path / name / "manifest.json").read_text())["name"] == name
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_step_checkpoint_resumes_inside_the_epoch(workdir, uninterrupted):
+    run = workdir / "runs" / "steps"
+    proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"), "--run-name", "steps",
+                  "--quiet", "--set", "train.checkpoint_every_steps=100")
+    state_file = run / "checkpoints" / "resume.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if state_file.exists() and json.loads(state_file.read_text())["step"] > 0:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads(state_file.read_text())
+    assert state["step"] > 0 and state["step"] % 100 == 0
+    assert (run / "checkpoints" / state["checkpoint"]).is_file()
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+
+    code, _, err = finish(cnnctl("train", "--resume", str(run), "--quiet"))
+    assert code == 0, err
+    assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
+    # Same weights at the end as an uninterrupted run: the step checkpoint held the exact training state.
+    assert rows(run)[-1]["val_loss"] == rows(uninterrupted)[-1]["val_loss"]
+
+
+@pytest.mark.slow
+def test_a_second_sigint_exits_at_once_leaving_the_last_checkpoint(workdir):
+    run = workdir / "runs" / "twice"
+    proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"), "--run-name", "twice",
+                  "--quiet")
+    wait_for_epochs(run, 1)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    code, _, err = finish(proc, timeout=60)
+    assert code == 130
+    state = json.loads((run / "checkpoints" / "resume.json").read_text())
+    assert (run / "checkpoints" / state["checkpoint"]).is_file()
+    assert not list((run / "checkpoints").glob(".*tmp*"))
