@@ -221,9 +221,16 @@ def apply(runtime_plan: Plan, seed: int):
     if strategy is None:
         if runtime_plan.distribute == "mirrored":
             strategy = tf.distribute.MirroredStrategy(devices=[f"/{d}" for d in runtime_plan.devices])
+        elif runtime_plan.device == _default_device(tf):
+            # TensorFlow places everything there anyway; the default strategy adds no per-step cost.
+            strategy = tf.distribute.get_strategy()
         else:
             strategy = tf.distribute.OneDeviceStrategy(runtime_plan.device)
     return strategy
+
+
+def _default_device(tf) -> str:
+    return "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
 
 
 def versions() -> dict:
