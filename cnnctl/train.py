@@ -155,7 +155,24 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
 
     `stop` (a callbacks.Stop) lets the caller ask for a graceful stop, e.g. from a signal handler:
     the run writes a resume checkpoint after the current step and raises `Interrupted`.
+    Keras' global precision policy is set for the run and put back afterwards, so a run leaves
+    the calling process (a test, a notebook) as it found it.
     """
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _run(config, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir, smoke=smoke,
+                    callbacks=callbacks, log=log, resume_from=resume_from, stop=stop)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None = None,
+        data_dir: str | Path | None = None, smoke: bool = False, callbacks: Sequence = (),
+        log: Callable[[str], None] = lambda message: None, resume_from: str | Path | None = None,
+        stop=None) -> TrainResult:
+    """run() without the precision-policy bookkeeping."""
     from cnnctl.callbacks import Stop
 
     stop = stop or Stop()
