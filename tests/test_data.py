@@ -19,6 +19,7 @@ import pytest
 
 from cnnctl import data
 from cnnctl.data import builtin, folders
+from cnnctl.data.memory import ALIGNMENT, aligned, host_tensor
 from cnnctl.errors import DataError
 from cnnctl.schema import DataConfig
 
@@ -482,17 +483,10 @@ def test_npz_dataset(tmp_path):
 # ---------------------------------------------------------------- make_dataset and imports
 
 
-def test_make_dataset_scales_per_batch_from_uint8(monkeypatch):
-    import tensorflow as tf
-
-    seen = []
-    original = tf.data.Dataset.from_tensor_slices
-    monkeypatch.setattr(tf.data.Dataset, "from_tensor_slices",
-                        lambda tensors: seen.append(tensors) or original(tensors))
+def test_make_dataset_scales_per_batch_from_uint8():
     x = np.arange(10 * 2 * 2 * 1, dtype=np.uint8).reshape(10, 2, 2, 1) * 6
     y = np.arange(10, dtype=np.uint8) % 3
     sparse = data.make_dataset(x, y, batch_size=4, num_classes=3, one_hot=False, shuffle=False, seed=0)
-    assert seen[0][0].dtype == np.uint8
     batches = list(sparse.as_numpy_iterator())
     assert [len(b[0]) for b in batches] == [4, 4, 2]
     images, labels = batches[0]
@@ -510,6 +504,55 @@ def test_make_dataset_scales_per_batch_from_uint8(monkeypatch):
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(hot_batches, again, strict=True))
     with pytest.raises(DataError, match="uint8"):
         data.make_dataset(x.astype(np.float32), y, batch_size=4, num_classes=3, one_hot=False, shuffle=False, seed=0)
+
+
+@pytest.mark.parametrize("make", ["make_dataset", "make_epoch_dataset"])
+def test_pipelines_read_the_aligned_arrays_in_place(make):
+    """No copy of the images for TensorFlow: a change to the array shows in the next batch."""
+    x = aligned(np.zeros((8, 2, 2, 1), dtype=np.uint8))
+    y = aligned(np.arange(8, dtype=np.uint8) % 2)
+    extra = {"drop_remainder": False} if make == "make_dataset" else {"epochs": 1}
+    dataset = getattr(data, make)(x, y, batch_size=8, num_classes=2, one_hot=False, shuffle=False, seed=0, **extra)
+    x[3] = 255
+    images, labels = next(iter(dataset.as_numpy_iterator()))
+    assert images[3].min() == 1.0 and images[2].max() == 0.0 and list(labels) == [0, 1] * 4
+
+
+def test_aligned_copies_only_when_needed():
+    whole = np.arange(1000, dtype=np.uint8)
+    view = whole[1:]  # 1 byte past an allocation: not 64-byte aligned
+    assert view.ctypes.data % ALIGNMENT != 0
+    copy = aligned(view)
+    assert copy.ctypes.data % ALIGNMENT == 0 and np.array_equal(copy, view) and copy.flags.writeable
+    assert aligned(copy) is copy
+    frozen = np.frombuffer(bytes(128), dtype=np.uint8)  # read-only: DLPack cannot export it
+    assert aligned(frozen).flags.writeable
+    assert aligned(np.zeros((0, 3), np.uint8)).shape == (0, 3)
+
+
+def test_host_tensor_shares_memory_and_outlives_the_name():
+    import gc
+
+    import tensorflow as tf
+
+    x = aligned(np.arange(64 * 3, dtype=np.uint8).reshape(64, 3))
+    tensor = host_tensor(x)
+    x[0, 0] = 200
+    assert int(tensor[0, 0]) == 200  # the same memory
+    expected = x.copy()
+    del x
+    gc.collect()
+    assert np.array_equal(tensor.numpy(), expected) and "CPU" in tensor.device  # the tensor keeps it alive
+    assert tf.reduce_sum(tf.cast(host_tensor(np.arange(5, dtype=np.int64)[1:]), tf.int32)) == 10  # unaligned view
+
+
+def test_load_splits_returns_aligned_arrays(tmp_path):
+    x = np.zeros((21, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(21) % 3, x_test=x[:5], y_test=np.arange(5) % 3)
+    splits = data.load_splits(DataConfig(dataset="npz", root=str(tmp_path / "d.npz")), input_shape=(4, 4, 1),
+                              num_classes=3, validation="split", validation_split=0.2, seed=0)
+    arrays = [splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test, splits.y_test]
+    assert all(a.ctypes.data % ALIGNMENT == 0 and a.flags.c_contiguous for a in arrays)
 
 
 def test_importing_data_does_not_import_tensorflow():

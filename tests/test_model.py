@@ -117,12 +117,11 @@ def test_the_global_policy_was_restored(keras_module):
 
 def test_mixed_float16_compiles_with_loss_scaling():
     import keras
+    from conftest import MINIMAL_YAML
 
     from cnnctl.config import config_from_yaml_text
     from cnnctl.model import build_model
     from cnnctl.train import make_optimizer
-
-    from conftest import MINIMAL_YAML
 
     config = config_from_yaml_text(MINIMAL_YAML, "tiny.yaml")
     keras.mixed_precision.set_global_policy("mixed_float16")

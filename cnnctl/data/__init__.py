@@ -1,7 +1,8 @@
 """Datasets: `DataConfig` -> uint8 arrays (`Splits`) -> batched float `tf.data.Dataset`s.
 
 Images stay uint8 in memory, (N, H, W, C) as the model's input_shape says; labels stay integer
-class indices. Scaling to [0, 1] and one-hot labels are made per batch in `make_dataset`.
+class indices. Scaling to [0, 1] and one-hot labels are made per batch in `make_dataset`, which
+reads the (64-byte aligned) arrays in place: no copy of the images is made for TensorFlow.
 Built-in datasets are read from the files keras.datasets uses, found locally (see `search_places`);
 Keras' own download is tried only when the host answers within seconds ($CNNCTL_OFFLINE=1: never).
 Decoded image folders are cached on disk ($CNNCTL_CACHE, default ~/.cache/cnnctl). Every problem
@@ -15,6 +16,7 @@ from pathlib import Path
 from cnnctl.data.arrays import Splits, check_classes, fit_shape, label_dtype, load_npz, split, synthetic_splits
 from cnnctl.data.builtin import BUILTINS, find_builtin_files, load_builtin, locate_or_check_download, search_places
 from cnnctl.data.folders import IMAGE_SUFFIXES, load_directory
+from cnnctl.data.memory import aligned
 from cnnctl.data.pipeline import make_dataset, make_epoch_dataset
 from cnnctl.errors import DataError
 from cnnctl.schema import DataConfig
@@ -55,6 +57,12 @@ def load_splits(data: DataConfig, *, input_shape: list[int] | tuple, num_classes
         x_train, y_train, x_val, y_val = split(x_train, y_train, validation_split, seed)
     else:
         raise DataError(f"validation must be none, split or test, got {validation!r}")
+    # 64-byte aligned, so the pipelines read these arrays in place (see memory.py); a no-op when they are
+    x_train, y_train, x_test, y_test = (aligned(a) for a in (x_train, y_train, x_test, y_test))
+    if validation == "test":
+        x_val, y_val = x_test, y_test
+    elif x_val is not None:
+        x_val, y_val = aligned(x_val), aligned(y_val)
     identity = dict(raw.identity, train_examples=len(x_train), val_examples=0 if x_val is None else len(x_val),
                     test_examples=len(x_test), image_shape=list(shape), num_classes=n)  # fmt: skip
     return Splits(x_train, y_train, x_val, y_val, x_test, y_test, raw.class_names, identity)

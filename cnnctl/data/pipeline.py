@@ -1,49 +1,56 @@
-"""tf.data pipelines from uint8 arrays: batches are scaled (and one-hot encoded) per batch."""
+"""tf.data pipelines from uint8 arrays: batches are gathered, scaled (and one-hot encoded) per batch.
+
+The arrays are never copied into TensorFlow: each pipeline is a dataset of index batches, and a
+batch's images are gathered from a tensor that reads the numpy array in place (`memory.host_tensor`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from cnnctl.data.memory import host_tensor
 from cnnctl.errors import DataError
 
 
-def _batch_transform(num_classes: int, one_hot: bool):
+def _gather_and_scale(x, y, num_classes: int, one_hot: bool):
     import tensorflow as tf
 
-    def scale(images, labels):
-        images = tf.cast(images, tf.float32) / 255.0
-        labels = tf.one_hot(labels, num_classes) if one_hot else tf.cast(labels, tf.int32)
-        return images, labels
+    if x.dtype != np.uint8:
+        raise DataError(f"images must be uint8 arrays, got {x.dtype}")
+    images, labels = host_tensor(x), host_tensor(y)
 
-    return scale
+    def batch(indices):
+        batch_images = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
+        batch_labels = tf.gather(labels, indices)
+        batch_labels = tf.one_hot(batch_labels, num_classes) if one_hot else tf.cast(batch_labels, tf.int32)
+        return batch_images, batch_labels
+
+    return batch
 
 
-def _deterministic(dataset):
+def _finish(index_batches, batch):
     import tensorflow as tf
 
+    dataset = index_batches.map(batch, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True  # same seed, same batches: runs must be reproducible
-    return dataset.with_options(options)
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def make_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool, shuffle: bool, seed: int,
                  shuffle_buffer: int | None = None, drop_remainder: bool = False):
     """Batches of (float32 images in [0, 1], int32 or one-hot labels) from uint8 arrays.
 
-    The uint8 arrays go into the pipeline as they are; casting and one-hot encoding happen per batch.
     `shuffle_buffer` None means the whole set (a perfect shuffle); 0 or 1 means no shuffling.
     """
     import tensorflow as tf
 
-    if x.dtype != np.uint8:
-        raise DataError(f"images must be uint8 arrays, got {x.dtype}")
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    batch = _gather_and_scale(x, y, num_classes, one_hot)
+    order = tf.data.Dataset.range(len(x))
     buffer = len(x) if shuffle_buffer is None else shuffle_buffer
     if shuffle and buffer > 1:
-        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.map(_batch_transform(num_classes, one_hot), num_parallel_calls=tf.data.AUTOTUNE)
-    return _deterministic(dataset).prefetch(tf.data.AUTOTUNE)
+        order = order.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return _finish(order.batch(batch_size, drop_remainder=drop_remainder), batch)
 
 
 def make_epoch_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool, shuffle: bool, seed: int,
@@ -57,9 +64,7 @@ def make_epoch_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool
     """
     import tensorflow as tf
 
-    if x.dtype != np.uint8:
-        raise DataError(f"images must be uint8 arrays, got {x.dtype}")
-    images, labels = tf.constant(x), tf.constant(y)
+    batch = _gather_and_scale(x, y, num_classes, one_hot)
     count = len(x)
 
     def epoch_batches(epoch):
@@ -69,8 +74,5 @@ def make_epoch_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     last = start_epoch + epochs if epochs is not None else 2**62
-    dataset = tf.data.Dataset.range(start_epoch, last).flat_map(epoch_batches).skip(skip_steps)
-    transform = _batch_transform(num_classes, one_hot)
-    dataset = dataset.map(lambda index: transform(tf.gather(images, index), tf.gather(labels, index)),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    return _deterministic(dataset).prefetch(tf.data.AUTOTUNE)
+    index_batches = tf.data.Dataset.range(start_epoch, last).flat_map(epoch_batches).skip(skip_steps)
+    return _finish(index_batches, batch)
