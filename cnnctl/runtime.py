@@ -242,3 +242,41 @@ def versions() -> dict:
     return {"tensorflow": tf.__version__, "keras": keras.__version__,
             "cuda": build.get("cuda_version"), "cudnn": build.get("cudnn_version"),
             "built_with_cuda": tf.test.is_built_with_cuda()}
+
+
+AUTO_STEPS_PER_EXECUTION = 16  # bench/profile.py: MNIST +28 % at 16 over 1; beyond, a Ctrl-C waits longer
+
+
+def steps_per_execution(requested: int | str, steps_per_epoch: int, every_steps: int | None = None,
+                        resume_step: int = 0, distribute: str = "none") -> tuple[int, str]:
+    """How many training steps one tf.function call runs, and why.
+
+    Keras runs `steps_per_execution` steps per call however many an epoch has left; cnnctl's
+    training data repeats across epochs, so a number that does not divide the epoch's steps
+    would run into the next epoch's batches. The number must also divide the step checkpoints'
+    interval and, when finishing an interrupted epoch, the step it stopped at (callbacks see
+    only every n-th step). auto takes the largest such number up to 16. Under tf.distribute it is
+    1: Keras 3.15's multi-step loop fails on distributed iterators ("You must feed a value for
+    placeholder tensor ... while/cond/Placeholder_1", seen with MirroredStrategy on two CPUs).
+    """
+    if distribute != "none":
+        if requested not in ("auto", 1):
+            raise RuntimeConfigError(f"runtime.steps_per_execution: {requested} with runtime.distribute "
+                                     f"{distribute}: Keras runs one step per call under tf.distribute",
+                                     hint="use auto or 1")
+        return 1, f"{requested}: one step per call under tf.distribute"
+    constraints = {"the steps of an epoch": steps_per_epoch}
+    if every_steps:
+        constraints["train.checkpoint_every_steps"] = every_steps
+    if resume_step:
+        constraints["the step the resumed epoch stopped at"] = resume_step
+    fits = [n for n in range(1, steps_per_epoch + 1) if all(v % n == 0 for v in constraints.values())]
+    given = ", ".join(f"{name} ({value})" for name, value in constraints.items())
+    if requested == "auto":
+        best = max(n for n in fits if n <= AUTO_STEPS_PER_EXECUTION)
+        return best, f"auto: the largest divisor up to {AUTO_STEPS_PER_EXECUTION} of {given}"
+    if requested not in fits:
+        options = ", ".join(map(str, fits[:12])) + (", ..." if len(fits) > 12 else "")
+        raise RuntimeConfigError(f"runtime.steps_per_execution: {requested} does not divide {given}",
+                                 hint=f"use auto or one of {options}")
+    return int(requested), "as configured"

@@ -230,8 +230,8 @@ class RuntimeConfig(Section):
     """For mirrored: the devices to use (default: every local GPU)."""
     deterministic: bool = False
     """Seed everything and enable TensorFlow op determinism: identical metrics for identical runs."""
-    steps_per_execution: Annotated[int, Field(gt=0, le=10_000)] = 1
-    """Training steps per tf.function call (fewer Python round trips for small models)."""
+    steps_per_execution: Literal["auto"] | Annotated[int, Field(gt=0, le=10_000)] = "auto"
+    """Training steps per tf.function call: fewer Python round trips, the same batches and results. auto: the largest divisor of an epoch's steps (and of train.checkpoint_every_steps) up to 16, 1 under tf.distribute; a number must divide them."""
 
 
 # ---------------------------------------------------------------- expect

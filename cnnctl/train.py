@@ -196,6 +196,10 @@ def _run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None 
                               validation=config.train.validation, validation_split=config.train.validation_split,
                               seed=config.seed, data_dir=data_dir, synthetic=smoke)
     chief = runtime.is_chief()
+    steps_per_epoch = math.ceil(len(splits.x_train) / config.train.batch_size)
+    spe, spe_reason = runtime.steps_per_execution(config.runtime.steps_per_execution, steps_per_epoch,
+                                                  config.train.checkpoint_every_steps, state.step if state else 0,
+                                                  plan.distribute)
     if state is not None:
         if previous.get("dataset", {}).get("files") != splits.identity.get("files") or \
                 previous.get("dataset", {}).get("fingerprint") != splits.identity.get("fingerprint"):
@@ -211,7 +215,8 @@ def _run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None 
         status="running", python=platform.python_version(), platform=platform.platform(), **runtime.versions(),
         device=plan.device, device_reason=plan.device_reason, precision=plan.precision,
         precision_reason=plan.precision_reason, jit_compile=plan.jit_compile, distribute=plan.distribute,
-        strategy=type(strategy).__name__, replicas=strategy.num_replicas_in_sync, end_time=None,
+        strategy=type(strategy).__name__, replicas=strategy.num_replicas_in_sync, steps_per_execution=spe,
+        steps_per_execution_reason=spe_reason, end_time=None,
     )
     if state is None:
         manifest.update(cnnctl=__version__, name=run_dir.name, config_name=config.name, smoke=smoke,
@@ -231,7 +236,8 @@ def _run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None 
                         wall_seconds=round(elapsed_before + time.perf_counter() - started, 2), **fields)
 
     try:
-        result = _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, callbacks, log, smoke, stop, state)
+        result = _fit_and_evaluate(config, splits, plan, spe, strategy, run_dir, chief, callbacks, log, smoke, stop,
+                                   state)
     except KeyboardInterrupt:
         finish(status="interrupted")
         raise
@@ -264,8 +270,8 @@ def _lookup(config: Config, dotted: str):
     return value
 
 
-def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_callbacks, log, smoke, stop,
-                      state) -> TrainResult:
+def _fit_and_evaluate(config, splits, plan, steps_per_execution, strategy, run_dir, chief, extra_callbacks, log,
+                      smoke, stop, state) -> TrainResult:
     import keras
 
     from cnnctl import callbacks as cb
@@ -291,7 +297,7 @@ def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_call
         model = build_model(config.model, name=config.name, float32_output=plan.precision != "float32")
         model.compile(optimizer=make_optimizer(train_cfg.optimizer, steps_per_epoch, train_cfg.epochs),
                       loss=train_cfg.loss, metrics=make_metrics(train_cfg), jit_compile=plan.jit_compile,
-                      steps_per_execution=config.runtime.steps_per_execution)
+                      steps_per_execution=steps_per_execution)
         if plan.distribute == "multi_worker":
             _build_for_multi_worker(model, epochs_from(0, epochs=1))
         if state is not None:
@@ -338,7 +344,7 @@ def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_call
     status, message, report = "completed", None, None
     if stop.reason == "nan":
         status = "failed"
-        message = f"loss became NaN at epoch {stop.where[0]}, step {stop.where[1]}; the last good checkpoint is kept"
+        message = f"loss became NaN at {nan_where(*stop.where, steps_per_execution)}; the last good checkpoint is kept"
         log(message)
     elif stop.reason == "interrupt":
         return TrainResult(run_dir, "interrupted", epochs_run, checkpoint.best_epoch, 0.0, None, None, history)
@@ -353,6 +359,13 @@ def _fit_and_evaluate(config, splits, plan, strategy, run_dir, chief, extra_call
     return TrainResult(run_dir, status, epochs_run, checkpoint.best_epoch, 0.0, images, report, history,
                        check_expectations(config, report, history, model.count_params(), smoke), message,
                        warnings=plot_warnings)
+
+
+def nan_where(epoch: int, step: int, steps_per_execution: int) -> str:
+    """Where a NaN loss was seen: Keras reports the loss once per `steps_per_execution` steps."""
+    if steps_per_execution <= 1:
+        return f"epoch {epoch}, step {step}"
+    return f"epoch {epoch}, one of steps {max(1, step - steps_per_execution + 1)}-{step}"
 
 
 def _write_plots(run_dir, report, test_images, log) -> list[str]:

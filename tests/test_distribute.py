@@ -110,6 +110,20 @@ def test_deterministic_runs_give_identical_metrics(config, tmp_path):
     assert first["loss"] == second["loss"] and first["confusion_matrix"] == second["confusion_matrix"]
 
 
+def test_steps_run_in_groups_give_the_same_metrics_as_one_step_per_call(config, tmp_path):
+    runs = tmp_path / "runs"
+    for name, steps in (("one", "1"), ("grouped", "auto")):
+        proc = run_cnnctl("train", str(config), "--runs-dir", str(runs), "--run-name", name, "--quiet",
+                          "--set", "runtime.deterministic=true", "--set", f"runtime.steps_per_execution={steps}")
+        assert proc.returncode == 0, proc.stderr
+    grouped = json.loads((runs / "grouped" / "manifest.json").read_text())
+    assert grouped["steps_per_execution"] > 1 and "auto" in grouped["steps_per_execution_reason"]
+    assert json.loads((runs / "one" / "manifest.json").read_text())["steps_per_execution"] == 1
+    assert metrics(runs / "one") == metrics(runs / "grouped")
+    evaluations = [json.loads((runs / name / "eval.json").read_text()) for name in ("one", "grouped")]
+    assert evaluations[0]["loss"] == evaluations[1]["loss"]
+
+
 def test_missing_gpu_is_an_error_listing_the_devices(config, tmp_path):
     proc = run_cnnctl("train", str(config), "--runs-dir", str(tmp_path / "runs"), "--set", "runtime.device=gpu:1")
     assert proc.returncode == 2

@@ -574,7 +574,7 @@ train:
   optimizer: {name: sgd, learning_rate: 0.1}
   batch_size: 32
   epochs: 2
-runtime: {device: cpu, precision: float32}
+runtime: {device: cpu, precision: float32, steps_per_execution: 1}  # the NaN's exact step
 """
 POISON_AT = (1, 2)  # 0-based epoch and batch: the message says "epoch 2, step 3"
 

@@ -149,3 +149,38 @@ def test_bad_tf_config_is_a_runtime_error(monkeypatch, text):
     monkeypatch.setenv("TF_CONFIG", text)
     with pytest.raises(RuntimeConfigError, match="TF_CONFIG is not valid JSON"):
         runtime.tf_config()
+
+
+# ---------------------------------------------------------------- steps_per_execution
+
+
+@pytest.mark.parametrize(("steps", "every", "resume_step", "expected"), [
+    (600, None, 0, 15), (196, None, 0, 14), (8, None, 0, 8), (3, None, 0, 3), (197, None, 0, 1),
+    (600, 50, 0, 10), (600, None, 36, 12), (600, 50, 36, 2),
+])
+def test_auto_steps_per_execution_divides_the_epoch_and_the_checkpoints(steps, every, resume_step, expected):
+    n, reason = runtime.steps_per_execution("auto", steps, every, resume_step)
+    assert n == expected and "auto" in reason
+
+
+def test_a_steps_per_execution_that_would_cross_an_epoch_is_refused():
+    assert runtime.steps_per_execution(4, 600) == (4, "as configured")
+    with pytest.raises(RuntimeConfigError, match=r"runtime.steps_per_execution: 16 does not divide the steps of an "
+                                                 r"epoch \(600\)") as caught:
+        runtime.steps_per_execution(16, 600)
+    assert caught.value.hint.startswith("use auto or one of 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 24, ...")
+    with pytest.raises(RuntimeConfigError, match=r"train.checkpoint_every_steps \(25\)"):
+        runtime.steps_per_execution(10, 600, every_steps=25)
+
+
+def test_nan_location_is_a_range_when_steps_run_in_groups():
+    from cnnctl.train import nan_where
+
+    assert nan_where(2, 3, 1) == "epoch 2, step 3"
+    assert nan_where(2, 16, 8) == "epoch 2, one of steps 9-16"
+
+
+def test_steps_per_execution_is_one_under_tf_distribute():
+    assert runtime.steps_per_execution("auto", 600, distribute="mirrored")[0] == 1
+    with pytest.raises(RuntimeConfigError, match="4 with runtime.distribute multi_worker"):
+        runtime.steps_per_execution(4, 600, distribute="multi_worker")

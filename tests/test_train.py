@@ -106,6 +106,7 @@ def test_manifest_records_versions_runtime_data_and_status(trained):
     assert manifest["dataset"]["train_examples"] == 72 and manifest["dataset"]["val_examples"] == 24
     assert manifest["class_names"] == ["0", "1", "2"]
     assert manifest["epochs_run"] == 2
+    assert manifest["steps_per_execution"] == 5  # auto: 72 images in batches of 16 are 5 steps
 
 
 def test_eval_json_reports_test_metrics_per_class_and_confusion(trained):
