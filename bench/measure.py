@@ -9,6 +9,7 @@ import re
 import signal
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -82,6 +83,30 @@ def run_child(argv: list[str], *, log: Path, env: dict | None = None, cwd: Path 
     proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen never waits for it again
     return Child(list(map(str, argv)), proc.returncode, round(wall, 3), round(usage.ru_maxrss / 1024, 1),
                  round(usage.ru_utime + usage.ru_stime, 2), state["timed_out"], str(log))
+
+
+def portable(value, root: Path):
+    """value (a string, or lists and dicts of them) with this machine's paths written so that they mean the
+    same on another: under the checkout `root` relative to it (bench/run.py, .venv/bin/python), beside it
+    as ../name (../shared/datasets/mnist.npz), in the temp folder as $TMP/... Results are committed."""
+    places = {str(root): "", tempfile.gettempdir(): "$TMP/"}
+    if root.parent != root.parent.parent:  # a checkout at / has no outside
+        places.setdefault(str(root.parent), "../")
+    # A prefix counts only at the start of a path (not a same-named folder deeper in one) and whole components.
+    pattern = re.compile(r"(?<![\w.~+/-])(" + "|".join(map(re.escape, sorted(places, key=len, reverse=True)))
+                         + r")(/|(?![\w.~+-]))")
+
+    def replace(match: re.Match) -> str:
+        prefix = places[match.group(1)]
+        return prefix if match.group(2) else prefix.rstrip("/") or "."
+
+    if isinstance(value, str):
+        return pattern.sub(replace, value)
+    if isinstance(value, dict):
+        return {key: portable(item, root) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(item, root) for item in value]
+    return value
 
 
 def median_or_none(values) -> float | None:

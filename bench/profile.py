@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import datasets
-from measure import machine, run_child
+from measure import machine, portable, run_child
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="alternating repetitions (default 2)")
     p.add_argument("--train-images", type=int, help="training images (default: all)")
     p.add_argument("--mnist", type=Path, default=SHARED / "mnist.npz")
-    p.add_argument("--cifar-root", type=Path, default=Path("/tmp/cifar10-jpg"))
+    p.add_argument("--cifar-root", type=Path, default=Path(tempfile.gettempdir()) / "cifar10-jpg")
     p.add_argument("--cifar-tar", type=Path, default=SHARED / "cifar10-jpg.tar.gz")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -178,6 +178,7 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             say("interrupted: writing what was measured")
     results.update(runs=runs, rows=summarise(args, runs, n_train))
+    results = portable(results, ROOT)  # no path of this machine in the committed results
     text = markdown(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import datasets
 import report
-from measure import machine, median_or_none, run_child
+from measure import machine, median_or_none, portable, run_child
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", default="mnist,cifar10,startup", help="comma-separated subset of mnist,cifar10,startup")
     p.add_argument("--out", type=Path, help="result JSON (default bench/results/<date>.json; .md written next to it)")
     p.add_argument("--mnist", type=Path, default=SHARED / "mnist.npz")
-    p.add_argument("--cifar-root", type=Path, default=Path("/tmp/cifar10-jpg"), help="CIFAR-10 JPEG folders")
+    p.add_argument("--cifar-root", type=Path, default=Path(tempfile.gettempdir()) / "cifar10-jpg",
+                   help="CIFAR-10 JPEG folders")
     p.add_argument("--cifar-tar", type=Path, default=SHARED / "cifar10-jpg.tar.gz", help="unpacked if --cifar-root is absent")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before a child process is killed")
     args = p.parse_args(argv)
@@ -267,7 +268,7 @@ def main(argv=None) -> int:
         results["rows"] += report.model_rows(model, data.get("medians", {}))
     results["rows"] += report.startup_rows(results["startup"], results["models"].get("cifar10", {}).get("medians"))
     results["notes"] = notes(args, results)
-    print(write(results, args.out), end="")
+    print(write(portable(results, ROOT), args.out), end="")  # no path of this machine in the committed results
     say(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return status or (1 if results["failures"] else 0)
 
