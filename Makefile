@@ -6,7 +6,7 @@ SMOKE_DIR ?= $(or $(TMPDIR),/tmp)/cnnctl-smoke
 # GPU=1 swaps the CPU wheel for TensorFlow's CUDA build (Linux x86-64 with an NVIDIA driver).
 GPU    ?= 0
 
-.PHONY: install test lint smoke bench clean
+.PHONY: install test test-fast lint smoke bench clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ endif
 
 test:
 	$(BIN)/pytest -q
+
+# Skips the tests marked slow (real datasets, cnnctl in subprocesses); `make test` runs them all.
+test-fast:
+	$(BIN)/pytest -q -m "not slow"
 
 lint:
 	$(BIN)/ruff check cnnctl tests

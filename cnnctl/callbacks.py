@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import csv
 import errno
-import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from cnnctl import resume
+from cnnctl import history, resume, rundir
 from cnnctl.errors import TrainingFailed
-from cnnctl.schema import CallbacksConfig
+from cnnctl.files import atomic_path
+from cnnctl.schema import CallbacksConfig, TrainConfig
 
 
 class Stop:
@@ -42,14 +43,6 @@ def current_learning_rate(optimizer) -> float:
     """The learning rate the optimizer uses now (schedules evaluated at the current step)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
     return float(keras.ops.convert_to_numpy(inner.learning_rate))
-
-
-def _is_better(monitor: str, mode: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return not math.isnan(value)
-    if mode == "auto":
-        mode = "max" if ("acc" in monitor or monitor.startswith("fmeasure")) else "min"
-    return value > best if mode == "max" else value < best
 
 
 class EpochExtras(keras.callbacks.Callback):
@@ -77,10 +70,8 @@ class MetricsCSV(keras.callbacks.Callback):
         self.columns: list[str] | None = None
 
     def on_train_begin(self, logs=None):
-        if self.append and self.path.exists():
-            with open(self.path, newline="") as handle:
-                header = next(csv.reader(handle), None)
-            self.columns = header[1:] if header else None
+        if self.append:
+            self.columns = history.csv_columns(self.path)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.stop.partial:
@@ -113,32 +104,29 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     is the best. Only `write=True` processes (the chief) keep files.
     """
 
-    def __init__(self, directory: Path, monitor: str, mode: str = "auto", write: bool = True,
+    def __init__(self, directory: Path, monitor: str, write: bool = True,
                  best_value: float | None = None, best_epoch: int | None = None, stop: Stop | None = None):
         super().__init__()
         self.directory, self.stop = Path(directory), stop or Stop()
-        self.monitor, self.mode, self.write = monitor, mode, write
+        self.monitor, self.write = monitor, write
         self.best_value, self.best_epoch = best_value, best_epoch
 
     def _save(self, name: str) -> None:
         target = self.directory / name
-        tmp = self.directory / f".{name}.tmp.keras"
         try:
-            self.model.save(tmp)
-            os.replace(tmp, target)
+            with atomic_path(target, suffix=".keras") as tmp:
+                self.model.save(tmp)
         except OSError as exc:  # a full disk fails the run with a message, not an OSError from inside fit
             reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
             kept = f"the previous {name} is kept" if target.exists() else f"no {name} was written"
             raise TrainingFailed(f"cannot write checkpoints/{name} ({reason}); {kept}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.stop.partial:
             return
         logs = logs or {}
         value = logs.get(self.monitor)
-        improved = value is None or _is_better(self.monitor, self.mode, float(value), self.best_value)
+        improved = value is None or history.is_better(self.monitor, float(value), self.best_value)
         if value is not None and improved:
             self.best_value = float(value)
         if improved:
@@ -170,6 +158,13 @@ class NaNGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def nan_where(epoch: int, step: int, steps_per_execution: int) -> str:
+    """Where a NaN loss was seen: Keras reports the loss once per `steps_per_execution` steps."""
+    if steps_per_execution <= 1:
+        return f"epoch {epoch}, step {step}"
+    return f"epoch {epoch}, one of steps {max(1, step - steps_per_execution + 1)}-{step}"
+
+
 class TensorBoard(keras.callbacks.TensorBoard):
     """keras.callbacks.TensorBoard that does not log the partial epoch of a stopped run."""
 
@@ -183,12 +178,15 @@ class TensorBoard(keras.callbacks.TensorBoard):
 
 
 def from_config(config: CallbacksConfig) -> list[keras.callbacks.Callback]:
-    """EarlyStopping / ReduceLROnPlateau exactly as the config gives them."""
+    """EarlyStopping / ReduceLROnPlateau as the config gives them; mode "auto" is `history.mode`'s."""
     callbacks: list[keras.callbacks.Callback] = []
-    if config.early_stopping is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(**config.early_stopping.model_dump()))
-    if config.reduce_lr_on_plateau is not None:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(**config.reduce_lr_on_plateau.model_dump()))
+    for section, kind in ((config.early_stopping, keras.callbacks.EarlyStopping),
+                          (config.reduce_lr_on_plateau, keras.callbacks.ReduceLROnPlateau)):
+        if section is not None:
+            arguments = section.model_dump()
+            if arguments["mode"] == "auto":
+                arguments["mode"] = history.mode(arguments["monitor"])
+            callbacks.append(kind(**arguments))
     return callbacks
 
 
@@ -241,3 +239,29 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             resume.save(self.model, self.run_dir, resume.ResumeState(
                 epoch=epoch, step=step, best_value=self.checkpoint.best_value, best_epoch=self.checkpoint.best_epoch,
                 callbacks=self.callback_state, last_logs=self.last_logs))
+
+
+def for_run(run_dir: Path, train: TrainConfig, stop: Stop, state: resume.ResumeState | None, steps_per_epoch: int, *,
+            write: bool, extra: Sequence = ()) -> tuple[list, AtomicCheckpoint, NaNGuard]:
+    """The callbacks of a run, in the order they must run, and the two `train` reads back afterwards.
+
+    `state` (a resumed run) restores the best checkpoint's value, the callbacks' counters and the
+    step within the epoch; `write` is False on workers that are not the chief.
+    """
+    checkpoint = AtomicCheckpoint(run_dir / rundir.CHECKPOINTS, monitor=train.monitor, write=write, stop=stop,
+                                  best_value=state.best_value if state else None,
+                                  best_epoch=state.best_epoch if state else None)
+    configured = from_config(train.callbacks)
+    nan_guard = NaNGuard(stop, step_offset=state.step if state else 0)
+    callbacks = [
+        EpochExtras(),
+        *([nan_guard] if train.callbacks.terminate_on_nan else []),
+        *configured,
+        checkpoint,
+        ResumeCheckpoint(run_dir, stop, checkpoint, configured, every_steps=train.checkpoint_every_steps,
+                         steps_per_epoch=steps_per_epoch, initial=state, write=write),
+        MetricsCSV(run_dir / rundir.METRICS, append=state is not None, stop=stop),
+        TensorBoard(log_dir=str(run_dir / rundir.TENSORBOARD), write_graph=False, profile_batch=0, stop=stop),
+        *extra,
+    ]
+    return callbacks, checkpoint, nan_guard

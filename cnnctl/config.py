@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from cnnctl.errors import ConfigError, ShapeError
-from cnnctl.layers import FORBIDDEN_LAYERS, LAYER_TYPES, LayerEntry
+from cnnctl.layers import FORBIDDEN_LAYERS, LAYER_TYPES, LayerEntry, layer_names, name_problems
 from cnnctl.schema import Config
 from cnnctl.shapes import infer
 
@@ -330,13 +330,36 @@ def check_shapes(config: Config, source: Source) -> None:
         raise ShapeError(f"{source.locate(path)}: {exc.message}", index=exc.index) from None
 
 
+def check_layer_names(config: Config, source: Source) -> None:
+    """Every layer's name (given or Keras' default) is unique; a repeat is located at its layer."""
+    problems = name_problems(layer_names(config.model.layers))
+    if problems:
+        raise ConfigError([f"{source.locate(('model', 'layers', index))}: model.layers[{index}]: {message}"
+                           for index, message in problems])
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a config file, including the shapes of its layer stack."""
+    """Read, override and validate a config file, including its layer names and the shapes of its stack."""
     raw, source = read_config_file(path)
     raw = apply_overrides(raw, list(overrides or []), source)
     config = validate(raw, source)
+    check_layer_names(config, source)
     check_shapes(config, source)
     return config
+
+
+SMOKE_STEPS = 3  # training steps of a --smoke run
+
+
+def smoke_config(config: Config) -> Config:
+    """The same model on a few batches of synthetic data, one epoch: proves the config runs (--smoke)."""
+    batch = config.train.batch_size
+    synthetic = config.data.synthetic.model_copy(update={"train_examples": batch * SMOKE_STEPS,
+                                                         "test_examples": batch})
+    return config.model_copy(update={
+        "data": config.data.model_copy(update={"dataset": "synthetic", "synthetic": synthetic}),
+        "train": config.train.model_copy(update={"epochs": 1}),
+    })
 
 
 class _Dumper(yaml.SafeDumper):

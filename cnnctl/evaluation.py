@@ -1,12 +1,10 @@
 """The evaluation report: loss, accuracy, top-k, per-class precision / recall / F1, confusion matrix.
 
 Everything is computed from one pass of predictions over the test split, in NumPy, so the numbers
-are exactly reproducible from the stored probabilities.
+are exactly reproducible from the stored probabilities. NumPy only: no TensorFlow here.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -64,45 +62,3 @@ def _mistakes(probabilities: np.ndarray, labels: np.ndarray, predicted: np.ndarr
     order = wrong[np.argsort(-confidence, kind="stable")][:limit]
     return [{"index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]),
              "probability": round(float(probabilities[i, predicted[i]]), 6)} for i in order]
-
-
-def evaluate(target, *, config_path=None, data_dir=None) -> tuple[dict, Path]:
-    """Evaluate a run's best checkpoint (or a .keras file plus its config) on the test split.
-
-    Returns the report and where it belongs: the run's eval.json, or next to a bare model file.
-    """
-    from cnnctl import data, rundir
-    from cnnctl.config import load_config
-    from cnnctl.errors import RunError
-    from cnnctl.model import load_model
-    from cnnctl.runs import test_split
-    from cnnctl.shapes import output_units
-
-    target = Path(target)
-    if target.is_dir():
-        run_dir = rundir.resolve(target)
-        model = load_model(run_dir / rundir.BEST)
-        config, splits = test_split(run_dir, data_dir=data_dir, config_path=config_path)
-        manifest = run_dir / rundir.MANIFEST
-        class_names = (rundir.read_json(manifest).get("class_names") if manifest.is_file() else None) \
-            or splits.class_names
-        model_path, default_out = run_dir / rundir.BEST, run_dir / rundir.EVAL
-    else:
-        if config_path is None:
-            raise RunError(f"{target}: a model file needs --config CONFIG (its data and class names)")
-        model, config = load_model(target), load_config(config_path)
-        splits = data.load_splits(config.data, input_shape=config.model.input_shape,
-                                  num_classes=output_units(config.model), validation="none",
-                                  validation_split=config.train.validation_split, seed=config.seed,
-                                  data_dir=data_dir)
-        class_names, model_path, default_out = splits.class_names, target, target.with_suffix(".eval.json")
-    got, expected = tuple(int(d) for d in model.input_shape[1:]), tuple(config.model.input_shape)
-    if got != expected or int(model.output_shape[-1]) != len(class_names):
-        raise RunError(f"{model_path}: the model maps {got} to {int(model.output_shape[-1])} classes; the config's "
-                       f"data has shape {expected} and {len(class_names)} classes")
-    test_ds = data.make_dataset(splits.x_test, splits.y_test, batch_size=config.train.batch_size,
-                                num_classes=len(class_names), one_hot=False, shuffle=False, seed=config.seed)
-    probabilities = model.predict(test_ds, verbose=0)
-    result = report(probabilities, splits.y_test, class_names, config.train.top_k)
-    result.update(checkpoint=str(model_path), dataset=splits.identity)
-    return result, default_out

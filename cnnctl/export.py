@@ -82,10 +82,10 @@ def float32_copy(model):
 def _check_images(run_dir: Path, data_dir, shape: tuple) -> tuple[np.ndarray, str]:
     import numpy as np
 
-    from cnnctl import runs
+    from cnnctl import rundata
 
     try:
-        x = runs.test_split(run_dir, data_dir=data_dir)[1].x_test[:CHECK_IMAGES]
+        x = rundata.test_split(run_dir, data_dir=data_dir)[1].x_test[:CHECK_IMAGES]
         return x.astype(np.float32) / 255.0, "test images"
     except DataError as exc:  # the data is elsewhere: random images still exercise every weight
         x = np.random.default_rng(0).random((CHECK_IMAGES, *shape), dtype=np.float32)
@@ -181,6 +181,46 @@ def _place(artifact: Path, destination: Path) -> None:
         os.rename(artifact, destination)
 
 
+def _write_and_verify(format: str, model, reference, precision: str, x, images_from: str, artifact: Path,
+                      destination: Path) -> ExportResult:
+    """Write `reference` (the model, or its float32 copy) as `format` at `artifact`, load it back and
+    check that it agrees with the reference and, for a copy, with the model as trained."""
+    portable = reference is not model
+    expected = reference.predict(x, verbose=0)  # also builds the copy's call graph, which export needs
+    try:
+        _write(format, reference, artifact)
+    except ImportError as exc:
+        raise _missing_packages(format, exc) from None
+    except Exception as exc:
+        raise ExportError(f"writing the {format} export failed: {type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    before_verify(artifact, format)
+    try:
+        exported = _run(format, artifact, x)
+    except ImportError as exc:
+        raise _missing_packages(format, exc) from None
+    except Exception as exc:
+        text = re.sub(r"\{\{.*?\}\}\s*", "", str(exc)).strip()  # TensorFlow's {{function_node ...}} prefix
+        first = text.splitlines()[0] if text else ""
+        raise ExportError(f"the {format} export cannot be loaded and run: {type(exc).__name__}: {first}; "
+                          f"nothing was written to {destination}") from None
+    result = ExportResult(destination, format, _size(artifact), len(x), images_from,
+                          _largest_difference(exported, expected),
+                          TOLERANCES[format], precision)
+    if portable:
+        result.trained_difference = _largest_difference(exported, model.predict(x, verbose=0))
+        result.trained_tolerance = MIXED_TOLERANCES.get(precision, 5e-2)
+    if not result.difference <= result.tolerance:
+        raise ExportError(f"the {format} export disagrees with the Keras model on {len(x)} {images_from}: "
+                          f"largest difference {result.difference:.3g} > tolerance {result.tolerance:g}; "
+                          f"nothing was written to {destination}")
+    if portable and not result.trained_difference <= result.trained_tolerance:
+        raise ExportError(f"the float32 {format} export differs from the model as trained in {precision} by "
+                          f"{result.trained_difference:.3g} > tolerance {result.trained_tolerance:g} on "
+                          f"{len(x)} {images_from}; nothing was written to {destination}")
+    return result
+
+
 def export(run: str | Path, format: str, out: str | Path | None = None, *, data_dir=None) -> ExportResult:
     """Write the run's best model as `format` at `out` (default <run>/export/model.<ext>), verified."""
     if format not in FORMATS:
@@ -204,7 +244,6 @@ def export(run: str | Path, format: str, out: str | Path | None = None, *, data_
     portable = format != "keras" and precision != "float32"
     reference = float32_copy(model) if portable else model
     x, images_from = _check_images(run_dir, data_dir, tuple(int(d) for d in model.input_shape[1:]))
-    expected = reference.predict(x, verbose=0)  # also builds the copy's call graph, which export needs
 
     created = [p for p in reversed(destination.parent.parents) if not p.exists()]
     created += [destination.parent] if not destination.parent.exists() else []
@@ -216,37 +255,7 @@ def export(run: str | Path, format: str, out: str | Path | None = None, *, data_
     artifact = work / (f"model{SUFFIXES[format]}" if format != "saved_model" else "saved_model")
     placed = False
     try:
-        try:
-            _write(format, reference, artifact)
-        except ImportError as exc:
-            raise _missing_packages(format, exc) from None
-        except Exception as exc:
-            raise ExportError(f"writing the {format} export failed: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
-        before_verify(artifact, format)
-        try:
-            exported = _run(format, artifact, x)
-        except ImportError as exc:
-            raise _missing_packages(format, exc) from None
-        except Exception as exc:
-            text = re.sub(r"\{\{.*?\}\}\s*", "", str(exc)).strip()  # TensorFlow's {{function_node ...}} prefix
-            first = text.splitlines()[0] if text else ""
-            raise ExportError(f"the {format} export cannot be loaded and run: {type(exc).__name__}: {first}; "
-                              f"nothing was written to {destination}") from None
-        result = ExportResult(destination, format, _size(artifact), len(x), images_from,
-                              _largest_difference(exported, expected),
-                              TOLERANCES[format], precision)
-        if portable:
-            result.trained_difference = _largest_difference(exported, model.predict(x, verbose=0))
-            result.trained_tolerance = MIXED_TOLERANCES.get(precision, 5e-2)
-        if not result.difference <= result.tolerance:
-            raise ExportError(f"the {format} export disagrees with the Keras model on {len(x)} {images_from}: "
-                              f"largest difference {result.difference:.3g} > tolerance {result.tolerance:g}; "
-                              f"nothing was written to {destination}")
-        if portable and not result.trained_difference <= result.trained_tolerance:
-            raise ExportError(f"the float32 {format} export differs from the model as trained in {precision} by "
-                              f"{result.trained_difference:.3g} > tolerance {result.trained_tolerance:g} on "
-                              f"{len(x)} {images_from}; nothing was written to {destination}")
+        result = _write_and_verify(format, model, reference, precision, x, images_from, artifact, destination)
         _place(artifact, destination)
         placed = True
         return result

@@ -8,6 +8,7 @@ This module does not import TensorFlow, so a config is validated without paying 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -284,3 +285,37 @@ _LayerUnion = Annotated[
     ),
 ]
 Layer = Annotated[_LayerUnion, BeforeValidator(_bare_name_to_mapping)]
+
+
+def _snake(name: str) -> str:
+    """Keras' to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d, ReLU -> re_lu."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def layer_names(entries: list) -> list[str]:
+    """Keras' own naming (conv2d, conv2d_1, ...) but per model, so summaries are stable."""
+    counts: dict[str, int] = {}
+    names = []
+    for entry in entries:
+        if entry.args.name:
+            names.append(entry.args.name)
+            continue
+        base = _snake(entry.keras_class)
+        n = counts.get(base, 0)
+        counts[base] = n + 1
+        names.append(base if n == 0 else f"{base}_{n}")
+    return names
+
+
+def name_problems(names: list[str]) -> list[tuple[int, str]]:
+    """(index, message) for each layer whose name Keras would refuse: a repeat, or the input's "input"."""
+    problems, seen = [], {}
+    for index, name in enumerate(names):
+        if name == "input":  # the model's keras.Input is named "input"; Sequential refuses a second one
+            problems.append((index, "the layer name 'input' is taken by the model's input"))
+        elif name in seen:
+            problems.append((index, f"layer name {name!r} is already used by model.layers[{seen[name]}]"))
+        else:
+            seen[name] = index
+    return problems

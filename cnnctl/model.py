@@ -6,33 +6,12 @@ The stack is checked by shapes.infer first, so an impossible shape or an absurd 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from cnnctl.errors import ConfigError, RunError
+from cnnctl.layers import layer_names, name_problems
 from cnnctl.schema import ModelConfig
 from cnnctl.shapes import infer
-
-
-def _snake(name: str) -> str:
-    """Keras' to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d, ReLU -> re_lu."""
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-def layer_names(model_config: ModelConfig) -> list[str]:
-    """Keras' own naming (conv2d, conv2d_1, ...) but per model, so summaries are stable."""
-    counts: dict[str, int] = {}
-    names = []
-    for entry in model_config.layers:
-        if entry.args.name:
-            names.append(entry.args.name)
-            continue
-        base = _snake(entry.keras_class)
-        n = counts.get(base, 0)
-        counts[base] = n + 1
-        names.append(base if n == 0 else f"{base}_{n}")
-    return names
 
 
 def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_output: bool = False):
@@ -44,12 +23,10 @@ def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_outp
     import keras
 
     infer(model_config)
-    names = layer_names(model_config)
-    if len(set(names)) != len(names):
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"model.layers: layer names must be unique, {', '.join(duplicated)} repeated")
-    if "input" in names:  # the keras.Input below is named "input"; Sequential refuses a second one
-        raise ConfigError("model.layers: the layer name 'input' is taken by the model's input")
+    names = layer_names(model_config.layers)
+    problems = name_problems(names)
+    if problems:  # load_config reports these with their file:line; this is for configs built in code
+        raise ConfigError([f"model.layers[{index}]: {message}" for index, message in problems])
     layers = [keras.Input(shape=tuple(model_config.input_shape), name="input")]
     last = len(model_config.layers) - 1
     for index, (entry, layer_name) in enumerate(zip(model_config.layers, names, strict=True)):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from cnnctl import rundir, runs
+from cnnctl import history, rundir
+from cnnctl.files import write_bytes
 
 LEARNING_CURVES = "learning_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
@@ -39,14 +38,7 @@ def _save(figure, path: Path) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", bbox_inches="tight", pad_inches=0.15)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -71,7 +63,7 @@ def _epoch_axis(ax) -> None:
 
 def learning_curves(hist: dict, path: Path, title: str = "") -> Path:
     """One panel per metric (loss first): training against validation, per epoch."""
-    names = runs.metric_names(hist) or ["loss"]
+    names = history.metric_names(hist) or ["loss"]
     epochs = _epochs(hist)
     figure = _figure(4.2 * len(names), 3.4)
     axes = figure.subplots(1, len(names), squeeze=False)[0]
@@ -160,24 +152,21 @@ def misclassified(images: np.ndarray, mistakes: list[dict], class_names: list[st
     return _save(figure, path)
 
 
-def write_run_plots(run_dir: str | Path, *, report: dict | None = None, test_images: np.ndarray | None = None,
-                    data_dir=None, config_path=None) -> list[Path]:
-    """plots/learning_curves.png, and with an evaluation report plots/confusion_matrix.png and
-    plots/misclassified.png. `report` defaults to eval.json; `test_images` are reloaded when not given."""
+def write_run_plots(run_dir: str | Path, *, report: dict | None = None,
+                    test_images: np.ndarray | None = None) -> list[Path]:
+    """plots/learning_curves.png, and with an evaluation report (and the test images it counts)
+    plots/confusion_matrix.png and plots/misclassified.png."""
     run_dir = Path(run_dir)
     folder = run_dir / rundir.PLOTS
     name = run_dir.name
-    written = [learning_curves(runs.history(run_dir), folder / LEARNING_CURVES, title=name)]
-    if report is None and (run_dir / rundir.EVAL).is_file():
-        report = rundir.read_json(run_dir / rundir.EVAL)
+    written = [learning_curves(history.load(run_dir), folder / LEARNING_CURVES, title=name)]
     if report is None:
         return written
     written.append(confusion_matrix(report, folder / CONFUSION_MATRIX, title=name))
     mistakes = report.get("misclassified") or []
-    if mistakes and test_images is None:
-        test_images = runs.test_split(run_dir, data_dir=data_dir, config_path=config_path)[1].x_test
-    if mistakes and len(test_images) != report.get("examples"):
-        raise ValueError(f"the test split has {len(test_images)} images but the report counts {report.get('examples')}")
+    if mistakes and (test_images is None or len(test_images) != report.get("examples")):
+        count = "no" if test_images is None else len(test_images)
+        raise ValueError(f"the report counts {report.get('examples')} test images, {count} were given")
     written.append(misclassified(test_images, mistakes, report.get("class_names") or [], folder / MISCLASSIFIED,
                                  title=f"{name}: misclassified test images, most confident first"))
     return written
@@ -197,7 +186,7 @@ def compare_curves(rows: list[dict], path: Path) -> Path:
     solid for training and dashed for validation."""
     names: list[str] = []
     for row in rows:
-        names += [n for n in runs.metric_names(row["history"]) if n not in names]
+        names += [n for n in history.metric_names(row["history"]) if n not in names]
     names = sorted(names or ["loss"], key=lambda k: (k != "loss", k))
     figure = _figure(4.6 * len(names), 3.8)
     axes = figure.subplots(1, len(names), squeeze=False)[0]

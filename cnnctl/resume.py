@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import csv
 import errno
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cnnctl import rundir
 from cnnctl.errors import RunError, TrainingFailed
+from cnnctl.files import atomic_path, write_json, write_text
 
 STATE = "checkpoints/resume.json"
 # Keys that may change on --resume (they do not change what the run has learnt so far).
@@ -93,16 +93,14 @@ def save(model, run_dir: Path, state: ResumeState) -> None:
     """Write a resume checkpoint atomically; a full disk leaves the previous one current."""
     directory = Path(run_dir) / rundir.CHECKPOINTS
     name = f"resume-{state.epoch:05d}-{state.step:07d}.keras"
-    tmp = directory / f".{name}.tmp.keras"
     previous = load_state(run_dir)
     state.rng = rng_state(model)
     try:
-        model.save(tmp)
-        os.replace(tmp, directory / name)
+        with atomic_path(directory / name, suffix=".keras") as tmp:
+            model.save(tmp)
         state.checkpoint = name
-        rundir.write_json(Path(run_dir) / STATE, asdict(state))
+        write_json(Path(run_dir) / STATE, asdict(state))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if previous is None or previous.checkpoint != name:
             (directory / name).unlink(missing_ok=True)
         reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
@@ -158,4 +156,42 @@ def reconcile_metrics(path: Path, state: ResumeState) -> None:
     if state.epoch > 0 and (not body or int(body[-1][0]) < state.epoch) and state.last_logs:
         body.append([str(state.epoch)] + [f"{state.last_logs[c]:.6g}" if c in state.last_logs else ""
                                           for c in header[1:]])
-    rundir.write_text(path, "".join(",".join(r) + "\n" for r in [header, *body]))
+    write_text(path, "".join(",".join(r) + "\n" for r in [header, *body]))
+
+
+@dataclass
+class Resumption:
+    """What `train --resume` continues from: the run, its manifest so far, the state, the --set changes."""
+
+    run_dir: Path
+    manifest: dict
+    state: ResumeState
+    changes: dict  # dotted key -> its new value
+
+
+def prepare(config, resume_dir: Path, chief: bool = True) -> Resumption:
+    """Check that `resume_dir` can be continued with `config` (the run's config after --set)."""
+    from cnnctl.config import load_config
+
+    run_dir = rundir.resolve(resume_dir)
+    manifest = rundir.Manifest.load(run_dir).data
+    state = load_state(run_dir)
+    if state is None:
+        raise RunError(f"{run_dir}: no resume checkpoint (checkpoints/resume.json) to continue from")
+    if not (run_dir / rundir.CHECKPOINTS / state.checkpoint).is_file():
+        raise RunError(f"{run_dir}: resume.json names {state.checkpoint}, which is missing")
+    if not chief:
+        return Resumption(run_dir, manifest, state, {})
+    old, new = load_config(run_dir / rundir.CONFIG).model_dump(mode="json"), config.model_dump(mode="json")
+    changes = {key: _lookup(new, key) for key in check_changes(old, new)}
+    if state.epoch >= config.train.epochs and manifest.get("status") == "completed":
+        raise RunError(f"{run_dir}: already completed {state.epoch} of {config.train.epochs} epochs; "
+                       f"raise train.epochs with --set to train longer")
+    return Resumption(run_dir, manifest, state, changes)
+
+
+def _lookup(config: dict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import RunError
+from cnnctl.files import write_json
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_SUFFIX = 10_000
@@ -72,25 +72,6 @@ def create(runs_dir: str | Path, name: str) -> Path:
         (path / CHECKPOINTS).mkdir()
         return path
     raise RunError(f"{runs_dir}: {MAX_SUFFIX} runs named {name!r} already exist")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a file atomically: a reader sees the old content or the new, never half of it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict:

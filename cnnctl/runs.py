@@ -1,61 +1,22 @@
-"""Runs side by side: the listing of a runs directory, the comparison of a few runs, a run's test data.
+"""Runs side by side: the listing of a runs directory and the comparison of a few runs.
 
 Everything here reads the files a run directory holds (manifest.json, history.json, metrics.csv,
-eval.json, config.yaml) and never imports TensorFlow; only `test_split` loads data. A folder
+eval.json, config.yaml) and never imports TensorFlow or loads data. A folder
 without a manifest or a config is not a run and is skipped; a run whose manifest cannot be read
 is listed with status "unreadable" rather than stopping the listing.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cnnctl import rundir
+from cnnctl import history, rundir
 from cnnctl.errors import CnnctlError, RunError
 
 UNREADABLE = "unreadable"
-NOT_METRICS = ("epoch", "epochs", "learning_rate", "epoch_seconds")  # history columns that are not metrics
-
-
-def history(run_dir: Path) -> dict[str, list[float]]:
-    """Per-epoch values of a run: history.json, else metrics.csv (written epoch by epoch), else {}."""
-    run_dir = Path(run_dir)
-    try:
-        data = json.loads((run_dir / rundir.HISTORY).read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            return {k: [_number(v) for v in values] for k, values in data.items() if isinstance(values, list)}
-    except (OSError, ValueError):
-        pass
-    try:
-        with open(run_dir / rundir.METRICS, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, csv.Error):
-        return {}
-    columns = rows[0].keys() if rows else []
-    return {column: [_number(row.get(column)) for row in rows] for column in columns}
-
-
-def metric_names(hist: dict) -> list[str]:
-    """loss first, then the other training metrics, each of which may have a val_ twin."""
-    names = [k for k in hist if not k.startswith("val_") and k not in NOT_METRICS]
-    names += [k[4:] for k in hist if k.startswith("val_") and k[4:] not in names]  # validation-only
-    return sorted(names, key=lambda k: (k != "loss", k))
-
-
-def higher_is_better(metric: str) -> bool:
-    return "acc" in metric or metric.endswith("f1")
-
-
-def best(values: list[float], metric: str) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return None
-    return max(finite) if higher_is_better(metric.removeprefix("val_")) else min(finite)
 
 
 def _number(value) -> float | None:
@@ -87,7 +48,7 @@ def describe(run_dir: Path) -> dict:
     """One row of the listing: what a run is, how far it got, how well it did."""
     run_dir = Path(run_dir)
     manifest = _read(run_dir / rundir.MANIFEST)
-    hist = history(run_dir)
+    hist = history.load(run_dir)
     evaluation = _read(run_dir / rundir.EVAL) or {}
     epochs_run = (manifest or {}).get("epochs_run")
     if epochs_run is None:
@@ -99,7 +60,7 @@ def describe(run_dir: Path) -> dict:
         "status": UNREADABLE if manifest is None else manifest.get("status", UNREADABLE),
         "epochs_run": epochs_run,
         "epochs": _planned_epochs(run_dir),
-        "best_val_accuracy": best(hist.get("val_accuracy", []), "val_accuracy"),
+        "best_val_accuracy": history.best(hist.get("val_accuracy", []), "val_accuracy"),
         "test_accuracy": _number(evaluation.get("accuracy")),
         "wall_seconds": _number((manifest or {}).get("wall_seconds")),
         "start_time": (manifest or {}).get("start_time"),
@@ -201,13 +162,13 @@ def compare(run_dirs: list[str | Path]) -> dict:
             configs.append(yaml.safe_load((run_dir / rundir.CONFIG).read_text(encoding="utf-8")))
         except (OSError, yaml.YAMLError) as exc:
             raise RunError(f"{run_dir / rundir.CONFIG}: unreadable: {exc}") from None
-        hist = history(run_dir)
+        hist = history.load(run_dir)
         metrics = {}
-        for name in metric_names(hist):
+        for name in history.metric_names(hist):
             for key in (name, f"val_{name}"):
                 values = [v for v in hist.get(key, []) if v is not None]
                 if values:
-                    metrics[key] = {"final": values[-1], "best": best(values, key)}
+                    metrics[key] = {"final": values[-1], "best": history.best(values, key)}
         evaluation = _read(run_dir / rundir.EVAL) or {}
         row = describe(run_dir)
         row.update(metrics=metrics, test_loss=_number(evaluation.get("loss")), params=_params(run_dir / rundir.CONFIG),
@@ -228,30 +189,3 @@ def default_plot_path(run_dirs: list[str | Path]) -> Path:
     if len(stem) > 120:
         stem = f"compare-{names[0]}-and-{len(names) - 1}-more"
     return paths[0].resolve().parent / f"{stem}.png"
-
-
-# ---------------------------------------------------------------- a run's data
-
-
-def test_split(run_dir: str | Path, *, data_dir: str | Path | None = None, config_path: str | Path | None = None):
-    """(config, Splits) of the data a run was trained on; a smoke run's synthetic data for --smoke runs.
-
-    evaluation.evaluate, plots and export all use it, so test image i is the same image everywhere.
-    """
-    from cnnctl import data
-    from cnnctl.config import load_config
-    from cnnctl.shapes import output_units
-
-    run_dir = rundir.resolve(run_dir)
-    config = load_config(config_path or run_dir / rundir.CONFIG)
-    manifest = _read(run_dir / rundir.MANIFEST) or {}
-    smoke = bool(manifest.get("smoke"))
-    if smoke:
-        from cnnctl.train import smoke_config
-
-        config = smoke_config(config)
-    splits = data.load_splits(config.data, input_shape=config.model.input_shape,
-                              num_classes=output_units(config.model), validation="none",
-                              validation_split=config.train.validation_split, seed=config.seed,
-                              data_dir=data_dir, synthetic=smoke)
-    return config, splits

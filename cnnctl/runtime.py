@@ -191,6 +191,29 @@ def patch_keras_for_multi_worker() -> None:
     trainer.reduce_per_replica = reduce_per_replica
 
 
+def describe(runtime_plan: Plan, strategy) -> dict:
+    """What a run's manifest records of where and how it ran."""
+    import platform
+
+    return dict(python=platform.python_version(), platform=platform.platform(), **versions(),
+                device=runtime_plan.device, device_reason=runtime_plan.device_reason,
+                precision=runtime_plan.precision, precision_reason=runtime_plan.precision_reason,
+                jit_compile=runtime_plan.jit_compile, distribute=runtime_plan.distribute,
+                strategy=type(strategy).__name__, replicas=strategy.num_replicas_in_sync)
+
+
+def build_for_multi_worker(model, batch) -> None:
+    """Build model, loss and metrics from one plain `batch` before fit under MultiWorkerMirroredStrategy.
+
+    Keras 3's fit first "reduces" a distributed input batch just to learn its shapes, which
+    MultiWorkerMirroredStrategy cannot do (keras-team/keras#20585: "Attempt to convert a value
+    (PerReplica...) to a Tensor"). Building from one plain batch first, and skipping that step
+    on this model, is all the workaround needs; training itself is Keras' own.
+    """
+    model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
 def apply(runtime_plan: Plan, seed: int):
     """Carry out the plan: seeds, determinism, GPU memory growth, precision policy; return the strategy.
 

@@ -47,9 +47,7 @@ class DataConfig(Section):
     synthetic: SyntheticData = SyntheticData()
     """Sizes of the synthetic dataset (also used by --smoke)."""
     cache: bool = True
-    """Cache decoded image folders (in memory) so JPEG/PNG decoding happens once."""
-    shuffle_buffer: Annotated[int, Field(ge=0)] | None = None
-    """Shuffle buffer size; unset means the whole training set (a perfect shuffle of uint8 images)."""
+    """Cache decoded image folders on disk ($CNNCTL_CACHE, default ~/.cache/cnnctl) so decoding happens once."""
 
 
 # ---------------------------------------------------------------- model

@@ -54,6 +54,7 @@ def _describe(shape: tuple[int, ...]) -> str:
 
 def _layer(entry: LayerEntry, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int, int, int]:
     """(output shape, params, non-trainable params, MACs) of one layer on an input of `shape`."""
+    # long: one short branch per layer type, read as a table; split up, the table would be scattered
     kind, a = entry.keras_class, entry.args
     needs_image = kind not in {"Dense", "Dropout", "Flatten", "Activation", "ReLU", "LeakyReLU", "Softmax",
                                "BatchNormalization", "LayerNormalization"}  # fmt: skip

@@ -96,3 +96,12 @@ def render(data: dict, console: Console) -> None:
         else:
             console.print(f' Published parameter count {data["expected_params"]:,}: [red]differs[/red] '
                           f'(built {data["total_params"]:,})')
+
+
+def text(config: Config, model, precision: str) -> str:
+    """The summary as plain text (summary.txt of a run)."""
+    import io
+
+    buffer = io.StringIO()
+    render(summarize(config, model, precision), Console(file=buffer, width=100, color_system=None))
+    return buffer.getvalue()

@@ -1,4 +1,5 @@
-"""Shared helpers: a small valid config, a YAML writer, a CLI runner, and the tutorial configs.
+"""Shared helpers: a small valid config, a tiny trainable one, a YAML writer, a CLI runner, the tutorial
+configs, and where the shared datasets live.
 
 Keras is imported only by the fixtures that build models, so the config tests stay TensorFlow-free.
 """
@@ -18,6 +19,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+# Real datasets (mnist.npz, cifar10-jpg.tar.gz) beside the checkout; tests that read them skip without them.
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 # Line numbers matter: the error tests assert FILE:LINE:COL positions in this text.
 MINIMAL_YAML = """\
@@ -82,15 +85,52 @@ BAD_CONFIGS = [
 ]
 
 
+def tiny_config(*, input_shape=(12, 12, 1), filters: int = 4, pool: bool = True, dropout: float | None = None,
+                classes: int = 3, layers: list | None = None, **changes) -> dict:
+    """A fresh config of a model small enough to train in seconds on synthetic data.
+
+    The model is Conv2D(filters, 3x3) -> MaxPooling2D(2) (unless pool=False) -> Dropout(dropout) if given
+    -> Flatten -> Dense(classes, softmax); `layers` replaces that stack. `changes` are top-level keys
+    (name=, seed=, data=, train=, runtime=, expect=...) merged into the defaults mapping by mapping,
+    e.g. train={"epochs": 2} keeps the optimizer. Defaults: sgd 0.01, batch 16, the schema's epochs.
+    """
+    if layers is None:
+        layers = [{"Conv2D": {"filters": filters, "kernel_size": 3, "activation": "relu"}},
+                  *([{"MaxPooling2D": {"pool_size": 2}}] if pool else []),
+                  *([{"Dropout": {"rate": dropout}}] if dropout is not None else []),
+                  {"Flatten": {}},
+                  {"Dense": {"units": classes, "activation": "softmax"}}]
+    config = {
+        "name": "tiny",
+        "data": {"dataset": "synthetic"},
+        "model": {"input_shape": list(input_shape), "layers": layers},
+        "train": {"optimizer": {"name": "sgd", "learning_rate": 0.01}, "batch_size": 16},
+    }
+    return _merged(config, copy.deepcopy(changes))
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merged(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def write_config(path: Path, content: str | dict | list) -> Path:
+    """Write YAML text, or a mapping as YAML, to path; returns path."""
+    text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def write_yaml(tmp_path):
     """write_yaml(text_or_mapping, name="config.yaml") -> Path of the file written in tmp_path."""
 
     def write(content: str | dict | list, name: str = "config.yaml") -> Path:
-        path = tmp_path / name
-        text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
-        path.write_text(text, encoding="utf-8")
-        return path
+        return write_config(tmp_path / name, content)
 
     return write
 

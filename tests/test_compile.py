@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cnnctl.compile import make_optimizer
 from cnnctl.schema import OptimizerConfig
-from cnnctl.train import make_optimizer
 
 
 def rate_at(optimizer, step: int) -> float:

@@ -12,28 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 
-CONFIG = """\
-name: dist
-seed: 2
-data:
-  dataset: synthetic
-  synthetic: {train_examples: 256, test_examples: 64}
-model:
-  input_shape: [12, 12, 1]
-  layers:
-    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}
-    - MaxPooling2D: {pool_size: 2}
-    - Dropout: {rate: 0.2}
-    - Flatten: {}
-    - Dense: {units: 3, activation: softmax}
-train:
-  optimizer: {name: sgd, learning_rate: 0.05}
-  batch_size: 32
-  epochs: 2
-  validation: test
-runtime: {precision: float32}
-"""
+pytestmark = pytest.mark.slow  # every test here runs cnnctl in one or more subprocesses
+
+CONFIG = tiny_config(name="dist", seed=2, dropout=0.2,
+                     data={"synthetic": {"train_examples": 256, "test_examples": 64}},
+                     train={"optimizer": {"learning_rate": 0.05}, "batch_size": 32, "epochs": 2, "validation": "test"},
+                     runtime={"precision": "float32"})
 
 
 def run_cnnctl(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -48,10 +34,8 @@ def metrics(run: Path) -> list[dict]:
 
 
 @pytest.fixture()
-def config(tmp_path) -> Path:
-    path = tmp_path / "dist.yaml"
-    path.write_text(CONFIG)
-    return path
+def config(write_yaml) -> Path:
+    return write_yaml(CONFIG, "dist.yaml")
 
 
 def test_mirrored_over_two_logical_cpus_records_two_replicas(config, tmp_path):
@@ -75,7 +59,6 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-@pytest.mark.slow
 def test_multi_worker_with_two_local_workers_only_the_chief_writes(config, tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}

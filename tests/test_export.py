@@ -6,34 +6,18 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import tiny_config, write_config
 
 from cnnctl import export
-from cnnctl.cli import ExportFormat, app
+from cnnctl.cli import ExportFormat
 
-TINY = """\
-name: tiny
-seed: 7
-data:
-  dataset: synthetic
-model:
-  input_shape: [12, 12, 3]
-  layers:
-    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}
-    - BatchNormalization: {}
-    - MaxPooling2D: {pool_size: 2}
-    - Flatten: {}
-    - Dropout: {rate: 0.2}
-    - Dense: {units: 5, activation: softmax}
-train:
-  optimizer: {name: adam, learning_rate: 0.05}
-  batch_size: 16
-"""
+TINY = tiny_config(
+    seed=7, input_shape=(12, 12, 3),
+    layers=[{"Conv2D": {"filters": 4, "kernel_size": 3, "activation": "relu"}}, {"BatchNormalization": {}},
+            {"MaxPooling2D": {"pool_size": 2}}, {"Flatten": {}}, {"Dropout": {"rate": 0.2}},
+            {"Dense": {"units": 5, "activation": "softmax"}}],
+    train={"optimizer": {"name": "adam", "learning_rate": 0.05}})
 EXTENSIONS = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +29,7 @@ def runs(tmp_path_factory):
     from cnnctl.train import run
 
     root = tmp_path_factory.mktemp("export")
-    config = root / "tiny.yaml"
-    config.write_text(TINY)
+    config = write_config(root / "tiny.yaml", TINY)
     made = {}
     try:
         for precision in ("mixed_bfloat16", "float32"):
@@ -68,7 +51,7 @@ def test_the_cli_offers_the_library_formats():
 
 
 @pytest.mark.parametrize("format", export.FORMATS)
-def test_every_format_round_trips_through_the_check(runs, format):
+def test_every_format_round_trips_through_the_check(cli, runs, format):
     run = runs["mixed_bfloat16"]
     result = cli("export", run, "--format", format)
     assert result.exit_code == 0, result.output
@@ -87,7 +70,7 @@ def test_every_format_round_trips_through_the_check(runs, format):
     assert [name for name in leftovers(run / "export") if name.startswith(".")] == []  # no temporary files
 
 
-def test_a_float32_model_is_checked_once_and_the_export_runs_standalone(runs, tmp_path):
+def test_a_float32_model_is_checked_once_and_the_export_runs_standalone(cli, runs, tmp_path):
     out = tmp_path / "plain.onnx"
     result = cli("export", runs["float32"], "--format", "onnx", "--out", out)
     assert result.exit_code == 0, result.output
@@ -153,7 +136,7 @@ def damage(run_dir):
 
 
 @pytest.mark.parametrize("format", export.FORMATS)
-def test_a_damaged_export_is_caught_and_nothing_is_left(runs, tmp_path, monkeypatch, format):
+def test_a_damaged_export_is_caught_and_nothing_is_left(cli, runs, tmp_path, monkeypatch, format):
     run = runs["float32"]
     monkeypatch.setattr(export, "before_verify", damage(run))
     out = tmp_path / "out" / EXTENSIONS[format]
@@ -165,7 +148,7 @@ def test_a_damaged_export_is_caught_and_nothing_is_left(runs, tmp_path, monkeypa
     assert not out.exists() and not (tmp_path / "out").exists()  # the folder it made is gone too
 
 
-def test_the_difference_is_stated_when_it_is_too_large(runs, tmp_path, monkeypatch):
+def test_the_difference_is_stated_when_it_is_too_large(cli, runs, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "before_verify", damage(runs["float32"]))
     result = cli("export", runs["float32"], "--format", "keras", "--out", tmp_path / "m.keras")
     assert result.exit_code == 1
@@ -175,7 +158,7 @@ def test_the_difference_is_stated_when_it_is_too_large(runs, tmp_path, monkeypat
     assert leftovers(tmp_path) == []
 
 
-def test_an_existing_out_is_never_overwritten(runs, tmp_path):
+def test_an_existing_out_is_never_overwritten(cli, runs, tmp_path):
     out = tmp_path / "model.onnx"
     out.write_text("precious")
     result = cli("export", runs["float32"], "--format", "onnx", "--out", out)
@@ -187,7 +170,7 @@ def test_an_existing_out_is_never_overwritten(runs, tmp_path):
     assert result.exit_code == 2 and leftovers(folder) == []
 
 
-def test_bad_requests_exit_2(runs, tmp_path):
+def test_bad_requests_exit_2(cli, runs, tmp_path):
     no_suffix = cli("export", runs["float32"], "--format", "keras", "--out", tmp_path / "model.h5")
     assert no_suffix.exit_code == 2 and "must end in .keras" in no_suffix.output
     not_a_run = cli("export", tmp_path, "--format", "onnx")
@@ -197,7 +180,7 @@ def test_bad_requests_exit_2(runs, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_a_missing_runtime_is_reported_with_what_to_install(runs, tmp_path, monkeypatch):
+def test_a_missing_runtime_is_reported_with_what_to_install(cli, runs, tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
@@ -209,9 +192,9 @@ def test_a_missing_runtime_is_reported_with_what_to_install(runs, tmp_path, monk
 
 
 def test_smoke_runs_are_checked_on_their_synthetic_test_images(runs):
-    from cnnctl import runs as run_files
+    from cnnctl import rundata
 
     manifest = json.loads((runs["float32"] / "manifest.json").read_text())
     assert manifest["smoke"] is True
-    config, splits = run_files.test_split(runs["float32"])
+    config, splits = rundata.test_split(runs["float32"])
     assert config.data.dataset == "synthetic" and len(splits.x_test) == 16 < export.CHECK_IMAGES

@@ -7,7 +7,8 @@ import pytest
 from conftest import TUTORIALS
 
 from cnnctl.errors import ConfigError, ShapeError
-from cnnctl.model import build_model, layer_names
+from cnnctl.layers import layer_names
+from cnnctl.model import build_model
 from cnnctl.schema import ModelConfig
 
 SMALL = ModelConfig(input_shape=[6, 6, 2], layers=[
@@ -48,13 +49,13 @@ def test_layer_names_of_other_classes_and_given_names():
         {"ReLU": {}}, {"LeakyReLU": {}}, {"MaxPool2D": {}}, {"GlobalAvgPool2D": {}},
         {"Dense": {"units": 2, "name": "logits"}}, {"Softmax": {}}, {"ReLU": {}},
     ])
-    assert layer_names(model_config) == ["re_lu", "leaky_re_lu", "max_pooling2d", "global_average_pooling2d",
+    assert layer_names(model_config.layers) == ["re_lu", "leaky_re_lu", "max_pooling2d", "global_average_pooling2d",
                                          "logits", "softmax", "re_lu_1"]
 
 
 def test_duplicate_layer_names_are_refused(keras_module):
     model_config = ModelConfig(input_shape=[4], layers=[{"Dense": {"units": 2}}, {"Dense": {"units": 2, "name": "dense"}}])
-    with pytest.raises(ConfigError, match="layer names must be unique, dense repeated"):
+    with pytest.raises(ConfigError, match=r"model.layers\[1\]: layer name 'dense' is already used by model.layers\[0\]"):
         build_model(model_config)
 
 
@@ -119,9 +120,9 @@ def test_mixed_float16_compiles_with_loss_scaling():
     import keras
     from conftest import MINIMAL_YAML
 
+    from cnnctl.compile import make_optimizer
     from cnnctl.config import config_from_yaml_text
     from cnnctl.model import build_model
-    from cnnctl.train import make_optimizer
 
     config = config_from_yaml_text(MINIMAL_YAML, "tiny.yaml")
     keras.mixed_precision.set_global_policy("mixed_float16")

@@ -9,33 +9,17 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny_config, write_config
 from typer.testing import CliRunner
 
-from cnnctl import evaluation, plots, runs
+from cnnctl import evaluation, history, plots, rundata
 from cnnctl.cli import app
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("learning_curves.png", "confusion_matrix.png", "misclassified.png")
 
-TINY = """\
-name: tiny
-seed: 3
-data:
-  dataset: synthetic
-  synthetic: {train_examples: 96, test_examples: 48}
-model:
-  input_shape: [12, 12, 1]
-  layers:
-    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}
-    - MaxPooling2D: {pool_size: 2}
-    - Flatten: {}
-    - Dense: {units: 4, activation: softmax}
-train:
-  optimizer: {name: sgd, learning_rate: 0.01}
-  batch_size: 16
-  epochs: 1
-  validation: test
-"""
+TINY = tiny_config(seed=3, classes=4, data={"synthetic": {"train_examples": 96, "test_examples": 48}},
+                   train={"epochs": 1, "validation": "test"})
 
 
 def train_tiny(root, name="tiny", **run_kwargs):
@@ -44,8 +28,7 @@ def train_tiny(root, name="tiny", **run_kwargs):
     from cnnctl.config import load_config
     from cnnctl.train import run
 
-    path = root / f"{name}.yaml"
-    path.write_text(TINY)
+    path = write_config(root / f"{name}.yaml", TINY)
     try:
         return run(load_config(path), runs_dir=root / "runs", run_name=name, smoke=True, **run_kwargs)
     finally:
@@ -115,7 +98,7 @@ def test_evaluate_refreshes_the_plots(smoke_run, tmp_path):
         assert_png(run / "plots" / name)
     # The images reloaded for the refresh are the ones the report's indices point into.
     report = json.loads((run / "eval.json").read_text())
-    _, splits = runs.test_split(run)
+    _, splits = rundata.test_split(run)
     assert len(splits.x_test) == report["examples"]
 
 
@@ -137,9 +120,9 @@ def test_a_plot_that_fails_is_a_warning_not_a_failed_run(tmp_path, monkeypatch):
 def test_learning_curves_fall_back_to_metrics_csv(tmp_path):
     (tmp_path / "metrics.csv").write_text("epoch,accuracy,loss,val_accuracy,val_loss,learning_rate,epoch_seconds\n"
                                           "1,0.5,1.2,0.55,1.1,0.01,0.5\n2,0.7,0.8,,0.9,0.01,0.4\n")
-    hist = runs.history(tmp_path)
+    hist = history.load(tmp_path)
     assert hist["val_accuracy"] == [0.55, None] and hist["epoch"] == [1.0, 2.0]
-    assert runs.metric_names(hist) == ["loss", "accuracy"]
+    assert history.metric_names(hist) == ["loss", "accuracy"]
     assert_png(plots.learning_curves(hist, tmp_path / "curves.png"))
 
 

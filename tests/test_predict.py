@@ -10,37 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import CONFIGS, SHARED_DATASETS, tiny_config, write_config
 
-from cnnctl.cli import app
+pytestmark = pytest.mark.slow  # every test here uses a model trained on real MNIST digits or CIFAR-10 JPEGs
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-MNIST = SHARED / "mnist.npz"
-CIFAR = SHARED / "cifar10-jpg.tar.gz"
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+MNIST = SHARED_DATASETS / "mnist.npz"
+CIFAR = SHARED_DATASETS / "cifar10-jpg.tar.gz"
 
-TINY_CIFAR = """\
-name: tinycifar
-seed: 0
-data: {dataset: directory, cache: false}
-model:
-  input_shape: [32, 32, 3]
-  layers:
-    - Conv2D: {filters: 16, kernel_size: 3, activation: relu}
-    - MaxPooling2D: {pool_size: 2}
-    - Conv2D: {filters: 32, kernel_size: 3, activation: relu}
-    - MaxPooling2D: {pool_size: 2}
-    - Flatten: {}
-    - Dense: {units: 10, activation: softmax}
-train:
-  optimizer: {name: adam, learning_rate: 0.003}
-  batch_size: 64
-  epochs: 4
-"""
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+TINY_CIFAR = tiny_config(
+    name="tinycifar", seed=0, data={"dataset": "directory", "cache": False}, input_shape=(32, 32, 3),
+    layers=[{"Conv2D": {"filters": 16, "kernel_size": 3, "activation": "relu"}}, {"MaxPooling2D": {"pool_size": 2}},
+            {"Conv2D": {"filters": 32, "kernel_size": 3, "activation": "relu"}}, {"MaxPooling2D": {"pool_size": 2}},
+            {"Flatten": {}}, {"Dense": {"units": 10, "activation": "softmax"}}],
+    train={"optimizer": {"name": "adam", "learning_rate": 0.003}, "batch_size": 64, "epochs": 4})
 
 
 def train(config_path, overrides, runs_dir, name):
@@ -120,13 +102,12 @@ def cifar(tmp_path_factory):
     for label in {label for _, label in counts}:
         (data / "test" / label).mkdir(parents=True)
         shutil.copy(next((data / "train" / label).iterdir()), data / "test" / label / "0.jpg")
-    config = root / "tinycifar.yaml"
-    config.write_text(TINY_CIFAR)
+    config = write_config(root / "tinycifar.yaml", TINY_CIFAR)
     result = train(config, [f"data.root={data}"], root / "runs", "cifar-slice")
     return result.run_dir, unseen, truth
 
 
-def test_predict_mnist_pngs(mnist):
+def test_predict_mnist_pngs(cli, mnist):
     run, pngs, _, truth = mnist
     result = cli("predict", run, pngs, "--json")
     assert result.exit_code == 0, result.output
@@ -140,7 +121,7 @@ def test_predict_mnist_pngs(mnist):
         assert all(t["class"] == str(t["index"]) for t in r["top"])
 
 
-def test_predict_resizes_rgb_jpegs_for_a_grayscale_model(mnist):
+def test_predict_resizes_rgb_jpegs_for_a_grayscale_model(cli, mnist):
     run, _, jpegs, truth = mnist
     result = cli("predict", run, jpegs, "--json", "--top-k", "1")
     assert result.exit_code == 0, result.output
@@ -149,7 +130,7 @@ def test_predict_resizes_rgb_jpegs_for_a_grayscale_model(mnist):
     assert accuracy(results, truth) >= 0.75, results
 
 
-def test_predict_prints_one_line_per_image(mnist):
+def test_predict_prints_one_line_per_image(cli, mnist):
     run, pngs, _, truth = mnist
     image = pngs / "digit-1000.png"
     result = cli("predict", run, image, "--top-k", "2")
@@ -160,7 +141,7 @@ def test_predict_prints_one_line_per_image(mnist):
     assert fields[1] == truth["digit-1000.png"] and 0.5 < float(fields[2]) <= 1.0
 
 
-def test_a_bare_model_file_takes_names_from_config_or_uses_indices(mnist, tmp_path):
+def test_a_bare_model_file_takes_names_from_config_or_uses_indices(cli, mnist, tmp_path):
     run, pngs, _, truth = mnist
     model = tmp_path / "digits.keras"
     shutil.copy(run / "checkpoints" / "best.keras", model)
@@ -185,7 +166,7 @@ def test_a_bare_model_file_takes_names_from_config_or_uses_indices(mnist, tmp_pa
     assert mismatch.exit_code == 2 and "names 3 classes but the model" in mismatch.output
 
 
-def test_cifar_jpegs_are_classified_better_than_chance(cifar):
+def test_cifar_jpegs_are_classified_better_than_chance(cli, cifar):
     run, unseen, truth = cifar
     result = cli("predict", run, unseen, "--json")
     assert result.exit_code == 0, result.output
@@ -195,7 +176,7 @@ def test_cifar_jpegs_are_classified_better_than_chance(cifar):
     assert accuracy(results, truth) >= 0.25  # chance is 0.10; this model reaches ~0.45
 
 
-def test_cifar_jpegs_into_the_mnist_model(mnist, cifar):
+def test_cifar_jpegs_into_the_mnist_model(cli, mnist, cifar):
     run, *_ = mnist
     _, unseen, _ = cifar  # 32x32 RGB JPEGs into a 28x28x1 model
     result = cli("predict", run, unseen, "--json", "--top-k", "3")
@@ -209,7 +190,7 @@ def test_cifar_jpegs_into_the_mnist_model(mnist, cifar):
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "empty_folder", "missing", "not_a_run"])
-def test_unreadable_inputs_exit_2_with_the_file_named(mnist, tmp_path, case):
+def test_unreadable_inputs_exit_2_with_the_file_named(cli, mnist, tmp_path, case):
     run, pngs, _, _ = mnist
     target, images, message = run, None, None
     if case == "not_an_image":

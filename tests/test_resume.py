@@ -12,29 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS, tiny_config, write_config
 
-CONFIG = """\
-name: long
-seed: 5
-data:
-  dataset: synthetic
-  synthetic: {train_examples: 12000, test_examples: 200}
-model:
-  input_shape: [16, 16, 1]
-  layers:
-    - Conv2D: {filters: 16, kernel_size: 3, activation: relu}
-    - MaxPooling2D: {pool_size: 2}
-    - Dropout: {rate: 0.3}
-    - Flatten: {}
-    - Dense: {units: 4, activation: softmax}
-train:
-  optimizer: {name: adam, learning_rate: 0.0003, schedule: {type: inverse_time, decay_rate: 0.001}}
-  batch_size: 16
-  epochs: 3
-  validation: split
-  callbacks: {early_stopping: {monitor: val_loss, patience: 5}}
-runtime: {deterministic: true, precision: float32}
-"""
+pytestmark = pytest.mark.slow  # every test here runs cnnctl in subprocesses, most of them killed and resumed
+
+CONFIG = tiny_config(
+    name="long", seed=5, input_shape=(16, 16, 1), filters=16, dropout=0.3, classes=4,
+    data={"synthetic": {"train_examples": 12000, "test_examples": 200}},
+    train={"optimizer": {"name": "adam", "learning_rate": 0.0003,
+                         "schedule": {"type": "inverse_time", "decay_rate": 0.001}},
+           "epochs": 3, "validation": "split", "callbacks": {"early_stopping": {"monitor": "val_loss", "patience": 5}}},
+    runtime={"deterministic": True, "precision": "float32"})
 TIMING = {"epoch_seconds"}
 
 
@@ -66,7 +54,7 @@ def wait_for_epochs(run: Path, count: int, timeout: float = 120) -> None:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    (root / "long.yaml").write_text(CONFIG)
+    write_config(root / "long.yaml", CONFIG)
     return root
 
 
@@ -78,7 +66,6 @@ def uninterrupted(workdir):
     return workdir / "runs" / "whole"
 
 
-@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(workdir, uninterrupted):
     run = workdir / "runs" / "killed"
     proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"),
@@ -105,7 +92,6 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(workdir, unin
     assert final["loss"] == json.loads((uninterrupted / "eval.json").read_text())["loss"]
 
 
-@pytest.mark.slow
 def test_sigint_stops_with_a_resume_checkpoint_and_the_resume_command(workdir, uninterrupted):
     run = workdir / "runs" / "stopped"
     proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"),
@@ -131,7 +117,6 @@ def test_sigint_stops_with_a_resume_checkpoint_and_the_resume_command(workdir, u
     assert rows(run)[-1]["val_loss"] == rows(uninterrupted)[2]["val_loss"]  # epoch 3 (a later test adds a 4th)
 
 
-@pytest.mark.slow
 def test_sigterm_exits_143(workdir):
     run = workdir / "runs" / "termed"
     proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"),
@@ -159,7 +144,7 @@ def test_resume_allows_safe_changes_and_refuses_model_changes(workdir, uninterru
 
 
 def test_four_runs_started_at_once_get_four_directories(tmp_path):
-    config = Path(__file__).resolve().parents[1] / "configs" / "mnist.yaml"
+    config = CONFIGS / "mnist.yaml"
     procs = [cnnctl("train", str(config), "--smoke", "--quiet", "--runs-dir", str(tmp_path)) for _ in range(4)]
     results = [finish(p) for p in procs]
     assert [code for code, _, _ in results] == [0, 0, 0, 0], [err for _, _, err in results]
@@ -169,7 +154,6 @@ def test_four_runs_started_at_once_get_four_directories(tmp_path):
         assert json.loads((tmp_path / name / "manifest.json").read_text())["name"] == name
 
 
-@pytest.mark.slow
 def test_sigkill_after_a_step_checkpoint_resumes_inside_the_epoch(workdir, uninterrupted):
     run = workdir / "runs" / "steps"
     proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"), "--run-name", "steps",
@@ -194,7 +178,6 @@ def test_sigkill_after_a_step_checkpoint_resumes_inside_the_epoch(workdir, unint
     assert rows(run)[-1]["val_loss"] == rows(uninterrupted)[2]["val_loss"]  # epoch 3 (a later test adds a 4th)
 
 
-@pytest.mark.slow
 def test_a_second_sigint_exits_at_once_leaving_the_last_checkpoint(workdir):
     run = workdir / "runs" / "twice"
     proc = cnnctl("train", str(workdir / "long.yaml"), "--runs-dir", str(workdir / "runs"), "--run-name", "twice",

@@ -6,33 +6,13 @@ import json
 import os
 
 import pytest
-from typer.testing import CliRunner
+from conftest import tiny_config, write_config
 
 from cnnctl import runs
-from cnnctl.cli import app
 
-TINY = """\
-name: tiny
-seed: 5
-data:
-  dataset: synthetic
-model:
-  input_shape: [10, 10, 1]
-  layers:
-    - Conv2D: {filters: 3, kernel_size: 3, activation: relu}
-    - Flatten: {}
-    - Dense: {units: 3, activation: softmax}
-train:
-  optimizer: {name: sgd, learning_rate: 0.01}
-  batch_size: 16
-  validation: test
-"""
+TINY = tiny_config(seed=5, input_shape=(10, 10, 1), filters=3, pool=False, train={"validation": "test"})
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +24,7 @@ def runs_dir(tmp_path_factory):
     from cnnctl.train import run
 
     root = tmp_path_factory.mktemp("runs")
-    config = root / "tiny.yaml"
-    config.write_text(TINY)
+    config = write_config(root / "tiny.yaml", TINY)
     try:
         first = run(load_config(config), runs_dir=root / "runs", run_name="first", smoke=True)
         second = run(load_config(config, ["train.optimizer.name=adam", "train.optimizer.learning_rate=0.005",
@@ -61,12 +40,12 @@ def runs_dir(tmp_path_factory):
     (root / "runs" / "notes.txt").write_text("not a run")
     (root / "runs" / "scratch").mkdir()
     (root / "runs" / "broken").mkdir()
-    (root / "runs" / "broken" / "config.yaml").write_text(TINY)
+    write_config(root / "runs" / "broken" / "config.yaml", TINY)
     (root / "runs" / "broken" / "manifest.json").write_text("{ this is not json")
     return root / "runs"
 
 
-def test_runs_json_lists_runs_newest_first(runs_dir):
+def test_runs_json_lists_runs_newest_first(cli, runs_dir):
     result = cli("runs", "--runs-dir", runs_dir, "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
@@ -84,7 +63,7 @@ def test_runs_json_lists_runs_newest_first(runs_dir):
     assert by_name["broken"]["test_accuracy"] is None
 
 
-def test_runs_table(runs_dir):
+def test_runs_table(cli, runs_dir):
     result = cli("runs", "--runs-dir", runs_dir)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -99,14 +78,14 @@ def test_runs_table(runs_dir):
     assert "scratch" not in result.output and "notes" not in result.output
 
 
-def test_runs_of_an_empty_and_a_missing_folder(tmp_path):
+def test_runs_of_an_empty_and_a_missing_folder(cli, tmp_path):
     empty = cli("runs", "--runs-dir", tmp_path)
     assert empty.exit_code == 0 and f"no runs in {tmp_path}" in empty.output
     missing = cli("runs", "--runs-dir", tmp_path / "nowhere")
     assert missing.exit_code == 2 and "no such runs directory" in missing.output
 
 
-def test_compare_json(runs_dir):
+def test_compare_json(cli, runs_dir):
     result = cli("compare", runs_dir / "first", runs_dir / "second", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -127,7 +106,7 @@ def test_compare_json(runs_dir):
     assert plot.read_bytes()[:8] == PNG_SIGNATURE and plot.stat().st_size > 10_000
 
 
-def test_compare_table_and_out(runs_dir, tmp_path):
+def test_compare_table_and_out(cli, runs_dir, tmp_path):
     out = tmp_path / "both.png"
     result = cli("compare", runs_dir / "second", runs_dir / "first", "--out", out)
     assert result.exit_code == 0, result.output
@@ -142,7 +121,7 @@ def test_compare_table_and_out(runs_dir, tmp_path):
     assert row.index("adam") < row.index("sgd")  # columns follow the order given
 
 
-def test_compare_needs_two_runs(runs_dir, tmp_path):
+def test_compare_needs_two_runs(cli, runs_dir, tmp_path):
     one = cli("compare", runs_dir / "first")
     assert one.exit_code == 2 and "at least two" in one.output
     not_a_run = cli("compare", runs_dir / "first", runs_dir / "scratch")

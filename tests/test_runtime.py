@@ -174,7 +174,7 @@ def test_a_steps_per_execution_that_would_cross_an_epoch_is_refused():
 
 
 def test_nan_location_is_a_range_when_steps_run_in_groups():
-    from cnnctl.train import nan_where
+    from cnnctl.callbacks import nan_where
 
     assert nan_where(2, 3, 1) == "epoch 2, step 3"
     assert nan_where(2, 16, 8) == "epoch 2, one of steps 9-16"

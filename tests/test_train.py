@@ -7,43 +7,20 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, SHARED_DATASETS, tiny_config, write_config
 from typer.testing import CliRunner
 
 from cnnctl.cli import app
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-REPO = Path(__file__).resolve().parents[1]
-
-SYNTHETIC = """\
-name: syn
-seed: 1
-data:
-  dataset: synthetic
-  synthetic: {train_examples: 96, test_examples: 32}
-model:
-  input_shape: [12, 12, 1]
-  layers:
-    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}
-    - MaxPooling2D: {pool_size: 2}
-    - Dropout: {rate: 0.1}
-    - Flatten: {}
-    - Dense: {units: 3, activation: softmax}
-train:
-  optimizer: {name: adam, learning_rate: 0.01}
-  loss: categorical_crossentropy
-  metrics: [accuracy, top_k_accuracy]
-  top_k: 2
-  batch_size: 16
-  epochs: 2
-  validation: split
-  validation_split: 0.25
-runtime: {precision: float32}
-expect: {params: 343}
-"""
+SYNTHETIC = tiny_config(
+    name="syn", seed=1, dropout=0.1, data={"synthetic": {"train_examples": 96, "test_examples": 32}},
+    train={"optimizer": {"name": "adam", "learning_rate": 0.01}, "loss": "categorical_crossentropy",
+           "metrics": ["accuracy", "top_k_accuracy"], "top_k": 2, "epochs": 2, "validation": "split",
+           "validation_split": 0.25},
+    runtime={"precision": "float32"}, expect={"params": 343})
 
 RUN_FILES = {"config.yaml", "summary.txt", "manifest.json", "metrics.csv", "history.json", "eval.json",
              "checkpoints", "tensorboard", "plots"}
@@ -58,8 +35,7 @@ def runner():
 def trained(tmp_path_factory, runner):
     """One synthetic run, shared by the assertions below (training is the slow part)."""
     root = tmp_path_factory.mktemp("train")
-    config = root / "syn.yaml"
-    config.write_text(SYNTHETIC)
+    config = write_config(root / "syn.yaml", SYNTHETIC)
     result = runner.invoke(app, ["train", str(config), "--runs-dir", str(root / "runs"), "--quiet"])
     assert result.exit_code == 0, result.output
     return root, config, result
@@ -157,8 +133,7 @@ def test_two_runs_with_the_same_name_get_two_directories(trained, runner):
 
 
 def test_json_mode_prints_one_object_per_epoch_then_the_result(tmp_path, runner):
-    config = tmp_path / "syn.yaml"
-    config.write_text(SYNTHETIC)
+    config = write_config(tmp_path / "syn.yaml", SYNTHETIC)
     result = runner.invoke(app, ["train", str(config), "--runs-dir", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -167,8 +142,9 @@ def test_json_mode_prints_one_object_per_epoch_then_the_result(tmp_path, runner)
     assert lines[-1]["status"] == "completed" and lines[-1]["test_accuracy"] is not None
 
 
+@pytest.mark.slow
 def test_real_mnist_slice_learns_well_above_chance(tmp_path, runner):
-    source = SHARED / "mnist.npz"
+    source = SHARED_DATASETS / "mnist.npz"
     if not source.is_file():
         pytest.skip("../shared/datasets/mnist.npz is not here")
     with np.load(source) as data:

@@ -34,7 +34,7 @@ def file_record(path: Path) -> dict:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"path": str(Path(path).absolute()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def given_path(data: DataConfig, data_dir, ok, what: str) -> Path:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from cnnctl.data.arrays import Splits, given_path, label_dtype
 from cnnctl.errors import DataError
+from cnnctl.files import atomic_path
 from cnnctl.schema import DataConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -72,14 +72,8 @@ def _write_cache(path: Path, images: np.ndarray) -> None:
     """Atomically (temporary file, then rename); a cache that cannot be written is simply skipped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=images)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, images=images)
     except OSError:
         pass
 
@@ -165,5 +159,5 @@ def load_directory(data: DataConfig, shape: tuple, data_dir) -> Splits:
         start += len(paths)
     identity = {"dataset": "directory", "fingerprint": key,
                 "fingerprint_of": "relative paths, sizes and mtimes of the images, and the decoded shape",
-                "files": [{"path": str(root), "bytes": total, "images": len(all_paths)}]}  # fmt: skip
+                "files": [{"path": str(root.absolute()), "bytes": total, "images": len(all_paths)}]}  # fmt: skip
     return Splits(*arrays["train"], *arrays.get("val", (None, None)), *arrays["test"], names, identity)

@@ -37,20 +37,15 @@ def _finish(index_batches, batch):
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def make_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool, shuffle: bool, seed: int,
-                 shuffle_buffer: int | None = None, drop_remainder: bool = False):
-    """Batches of (float32 images in [0, 1], int32 or one-hot labels) from uint8 arrays.
+def make_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool):
+    """Batches of (float32 images in [0, 1], int32 or one-hot labels) from uint8 arrays, in order.
 
-    `shuffle_buffer` None means the whole set (a perfect shuffle); 0 or 1 means no shuffling.
+    For evaluation and prediction; training batches come from `make_epoch_dataset`.
     """
     import tensorflow as tf
 
     batch = _gather_and_scale(x, y, num_classes, one_hot)
-    order = tf.data.Dataset.range(len(x))
-    buffer = len(x) if shuffle_buffer is None else shuffle_buffer
-    if shuffle and buffer > 1:
-        order = order.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    return _finish(order.batch(batch_size, drop_remainder=drop_remainder), batch)
+    return _finish(tf.data.Dataset.range(len(x)).batch(batch_size), batch)
 
 
 def make_epoch_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool, shuffle: bool, seed: int,

@@ -1,0 +1,268 @@
+"""What the commands print: tables and lines drawn on a `rich` console passed in by the caller.
+
+Each renderer takes the plain data a library function returned (a dict, a dataclass) and a
+`Console`, so a test can render into a string; `as_json=True` prints the same data as JSON instead.
+Nothing here imports TensorFlow at import time, and nothing exits.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+# ---------------------------------------------------------------- helpers
+
+
+def plain(text: str, console: Console) -> None:
+    """One line as it is: no markup, no highlighting of numbers or paths, not wrapped (a JSON line stays one)."""
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def print_json(data, console: Console, *, indent: int | None = 2) -> None:
+    plain(json.dumps(data, indent=indent), console)
+
+
+def table(rich_table: Table, console: Console) -> None:
+    """A table at its natural width: a narrow or non-terminal console would squeeze names to nothing."""
+    natural = Measurement.get(console, console.options.update(max_width=10_000), rich_table).maximum
+    if natural <= console.width:
+        console.print(rich_table)
+        return
+    wide = Console(file=console.file, width=natural, color_system=console.color_system,
+                   force_terminal=console.is_terminal)
+    wide.print(rich_table)
+
+
+def number(value, fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m {seconds:02d}s" if minutes < 60 else f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def started(value) -> str:
+    try:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        return "-"
+
+
+# ---------------------------------------------------------------- devices
+
+CPU_FEATURES = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def device_info(hw, plan, versions: dict) -> dict:
+    """What `cnnctl devices` shows, from runtime.probe_hardware(), runtime.plan() and runtime.versions()."""
+    return {
+        "cpu": {"model": hw.cpu_model, "logical_cpus": hw.logical_cpus,
+                "avx512_bf16": "avx512_bf16" in hw.cpu_flags, "amx_bf16": "amx_bf16" in hw.cpu_flags,
+                "amx_tile": "amx_tile" in hw.cpu_flags, "avx512f": "avx512f" in hw.cpu_flags},
+        "gpus": [{"index": g.index, "name": g.name,
+                  "compute_capability": ".".join(map(str, g.compute_capability or ())) or None}
+                 for g in hw.gpus],
+        "versions": versions,
+        "auto": {"device": plan.device, "device_reason": plan.device_reason,
+                 "precision": plan.precision, "precision_reason": plan.precision_reason,
+                 "jit_compile": plan.jit_compile, "jit_reason": plan.jit_reason},
+    }
+
+
+def devices(info: dict, console: Console, *, as_json: bool = False) -> None:
+    """The device table, the versions, and what `auto` would choose."""
+    if as_json:
+        print_json(info, console)
+        return
+    devices_table = Table(title="Devices", title_justify="left")
+    devices_table.add_column("device")
+    devices_table.add_column("details")
+    cpu = info["cpu"]
+    features = ", ".join(k.upper() for k in CPU_FEATURES if cpu[k]) or "none"
+    devices_table.add_row("CPU:0", f'{cpu["model"]} ({cpu["logical_cpus"]} logical CPUs); features: {features}')
+    for gpu in info["gpus"]:
+        devices_table.add_row(f'GPU:{gpu["index"]}', f'{gpu["name"]}, compute capability {gpu["compute_capability"]}')
+    if not info["gpus"]:
+        devices_table.add_row("GPU", "none found")
+    console.print(devices_table)
+    v = info["versions"]
+    console.print(f'TensorFlow {v["tensorflow"]}, Keras {v["keras"]}, CUDA {v["cuda"] or "-"}, '
+                  f'cuDNN {v["cudnn"] or "-"}', highlight=False)
+    a = info["auto"]
+    console.print(f'auto device:    {a["device"]} ({a["device_reason"]})', highlight=False)
+    console.print(f'auto precision: {a["precision"]} ({a["precision_reason"]})', highlight=False)
+    console.print(f'auto XLA:       {a["jit_compile"]} ({a["jit_reason"]})', highlight=False)
+
+
+# ---------------------------------------------------------------- summary, train, evaluate
+
+
+def summary(data: dict, console: Console, *, as_json: bool = False) -> None:
+    """summary.summarize()'s result: the Keras-style table (drawn by cnnctl.summary), or JSON."""
+    if as_json:
+        print_json(data, console)
+        return
+    from cnnctl.summary import render
+
+    render(data, console)
+
+
+def progress_display(console: Console, stop, *, as_json: bool = False, quiet: bool = False):
+    """The Keras callback that shows training: JSON lines, plain lines (also when not on a terminal), or a live bar."""
+    from cnnctl import progress  # imports keras
+
+    if as_json:
+        return progress.JsonProgress(console, stop)
+    if quiet or not console.is_terminal:
+        return progress.PlainProgress(console, stop)
+    return progress.RichProgress(console, stop)
+
+
+def train_result(result, console: Console, *, as_json: bool = False) -> None:
+    """The end of `cnnctl train` for a train.TrainResult: a block of lines, or one JSON line."""
+    evaluation = result.evaluation or {}
+    if as_json:
+        print_json({"event": "result", "run_dir": str(result.run_dir), "status": result.status,
+                 "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                 "wall_seconds": result.wall_seconds, "images_per_second": result.images_per_second,
+                 "test_loss": evaluation.get("loss"), "test_accuracy": evaluation.get("accuracy"),
+                 "expect": result.expect, "message": result.message}, console, indent=None)
+        return
+    lines = [f"run        {result.run_dir}  ({result.status})"]
+    if result.message:
+        lines.append(f"problem    {result.message}")
+    if evaluation:
+        lines.append(f"test       accuracy {evaluation['accuracy']:.4f}  loss {evaluation['loss']:.4f}  "
+                     f"(best epoch {result.best_epoch} of {result.epochs_run})")
+    speed = f"{result.images_per_second:,.0f} training images/s" if result.images_per_second else "-"
+    lines.append(f"time       {result.wall_seconds:.1f} s wall, {speed}")
+    for check in result.expect:
+        verdict = "met" if check["met"] else "NOT met"
+        published, measured = check["published"], check["measured"]
+        if check["what"] == "params":
+            lines.append(f"published  params {published:,}: built {measured:,} -> {verdict}")
+        else:
+            lines.append(f"published  {check['what']} {published}: measured {measured} -> {verdict}")
+    for line in lines:
+        plain(line, console)
+
+
+def report(data: dict, console: Console) -> None:
+    """An evaluation report (eval.json): the headline numbers, the per-class table, the confusion matrix."""
+    k = data["top_k"]
+    plain(f"test examples {data['examples']:,}  loss {data['loss']:.4f}  accuracy {data['accuracy']:.4f}  "
+          f"top-{k} accuracy {data[f'top_{k}_accuracy']:.4f}  macro F1 {data['macro_f1']:.4f}", console)
+    per_class = Table(title="Per class", title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for row in data["per_class"]:
+        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                          f"{row['support']:,}")
+    console.print(per_class)
+    names = data["class_names"]
+    matrix = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    matrix.add_column("")
+    for name in names:
+        matrix.add_column(name[:9], justify="right")
+    for name, row in zip(names, data["confusion_matrix"], strict=True):
+        matrix.add_row(name, *[str(v) for v in row])
+    console.print(matrix)
+
+
+# ---------------------------------------------------------------- runs, compare, predict, export
+
+RUN_COLUMNS = ("run", "config", "status", "epochs", "best val acc", "test acc", "wall", "started")
+RIGHT_ALIGNED = ("epochs", "best val acc", "test acc", "wall")
+
+
+def runs(rows: list[dict], runs_dir, console: Console, *, as_json: bool = False) -> None:
+    """The rows of runs.list_runs() as a table (or a line saying there are none)."""
+    if as_json:
+        print_json(rows, console)
+        return
+    if not rows:
+        plain(f"no runs in {runs_dir}", console)
+        return
+    listing = Table(title=f"Runs in {runs_dir}", title_justify="left")
+    for column in RUN_COLUMNS:
+        listing.add_column(column, justify="right" if column in RIGHT_ALIGNED else "left")
+    for row in rows:
+        epochs = "-" if row["epochs_run"] is None else \
+            f'{row["epochs_run"]}/{row["epochs"]}' if row["epochs"] else str(row["epochs_run"])
+        status = row["status"] + (" (smoke)" if row["smoke"] else "")
+        listing.add_row(row["name"], row["config"] or "-", status, epochs, number(row["best_val_accuracy"]),
+                        number(row["test_accuracy"]), duration(row["wall_seconds"]), started(row["start_time"]))
+    table(listing, console)
+
+
+def comparison(result: dict, console: Console, *, as_json: bool = False) -> None:
+    """runs.compare()'s result: metrics side by side, the config keys whose values differ, where the plot is."""
+    if as_json:
+        print_json(result, console)
+        return
+    compared = result["runs"]
+    metrics_table = Table(title="Metrics (final / best)", title_justify="left")
+    metrics_table.add_column("")
+    for run in compared:
+        metrics_table.add_column(run["name"], justify="right", overflow="fold")
+    metrics: list[str] = []
+    for run in compared:
+        metrics += [m for m in run["metrics"] if m not in metrics]
+    for metric in metrics:
+        cells = [f'{number(run["metrics"][metric]["final"])} / {number(run["metrics"][metric]["best"])}'
+                 if metric in run["metrics"] else "-" for run in compared]
+        metrics_table.add_row(metric, *cells)
+    metrics_table.add_row("test accuracy", *[number(run["test_accuracy"]) for run in compared])
+    metrics_table.add_row("test loss", *[number(run["test_loss"]) for run in compared])
+    metrics_table.add_row("params", *[number(run["params"], ",") for run in compared])
+    metrics_table.add_row("epochs", *["-" if run["epochs_run"] is None else str(run["epochs_run"])
+                                      for run in compared])
+    metrics_table.add_row("wall time", *[duration(run["wall_seconds"]) for run in compared])
+    metrics_table.add_row("status", *[run["status"] for run in compared])
+    table(metrics_table, console)
+    differences = result["config_differences"]
+    if not differences:
+        plain("configs: identical", console)
+    else:
+        diff = Table(title="Config differences", title_justify="left")
+        diff.add_column("key", overflow="fold")
+        for run in compared:
+            diff.add_column(run["name"], overflow="fold")
+        for key, values in differences.items():
+            diff.add_row(key, *[v if isinstance(v, str) else json.dumps(v) for v in values])
+        table(diff, console)
+    if result.get("plot"):
+        plain(f"plot written to {result['plot']}", console)
+
+
+def predictions(results: list[dict], console: Console, *, as_json: bool = False) -> None:
+    """One line per image: its name, then each top class with its probability."""
+    if as_json:
+        print_json(results, console)
+        return
+    width = max(len(r["image"]) for r in results)
+    for result in results:
+        tops = "   ".join(f'{t["class"]} {t["probability"]:.3f}' for t in result["top"])
+        plain(f'{result["image"]:<{width}}   {tops}', console)
+
+
+def export_result(result, console: Console) -> None:
+    """What export.export() wrote and how closely it matched the Keras model."""
+    float32_copy = result.trained_difference is not None
+    plain(f"exported   {result.path}  ({result.format}, {result.bytes:,} bytes"
+          + (f"; float32 copy of a {result.precision} model)" if float32_copy else ")"), console)
+    plain(f"checked    {result.images} {result.images_from}: largest difference {result.difference:.3g} "
+          f"(tolerance {result.tolerance:g})", console)
+    if float32_copy:
+        plain(f"           against the model as trained in {result.precision}: {result.trained_difference:.3g} "
+              f"(tolerance {result.trained_tolerance:g})", console)

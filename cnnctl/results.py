@@ -1,0 +1,99 @@
+"""What a run reports: a model's evaluation on the test split, eval.json with its plots, and the
+checks against the tutorial's published figures.
+
+`train` and `cnnctl evaluate` both end in `write_evaluation`, so a run's eval.json and plots/ are
+always made the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnctl import data, evaluation, files, rundata, rundir
+from cnnctl.errors import RunError
+from cnnctl.schema import Config
+
+
+@dataclass
+class Evaluation:
+    report: dict
+    destination: Path  # where the report belongs: the run's eval.json, or beside a bare model file
+    test_images: np.ndarray
+    run_dir: Path | None  # the run evaluated, None for a bare model file
+
+
+def evaluate_model(model, x_test: np.ndarray, y_test: np.ndarray, class_names: list[str], *, batch_size: int,
+                   top_k: int) -> dict:
+    """The evaluation report of `model`'s predictions on the test split."""
+    dataset = data.make_dataset(x_test, y_test, batch_size=batch_size, num_classes=len(class_names), one_hot=False)
+    probabilities = model.predict(dataset, verbose=0)
+    return evaluation.report(probabilities, y_test, class_names, top_k)
+
+
+def write_evaluation(run_dir: Path, report: dict | None, test_images: np.ndarray,
+                     log: Callable[[str], None] = lambda message: None) -> list[str]:
+    """eval.json (when there is a report), then plots/; a plot that cannot be drawn is a warning
+    (returned and logged), never an error."""
+    from cnnctl.plots import try_write_run_plots
+
+    if report is not None:
+        files.write_json(Path(run_dir) / rundir.EVAL, report)
+    problems = try_write_run_plots(run_dir, report=report, test_images=test_images)
+    for problem in problems:
+        log(f"warning: {problem}")
+    return problems
+
+
+def evaluate(target: str | Path, *, config_path: str | Path | None = None,
+             data_dir: str | Path | None = None) -> Evaluation:
+    """Evaluate a run's best checkpoint on the data it was trained on, or a .keras file with a config."""
+    from cnnctl.config import load_config
+    from cnnctl.model import load_model
+
+    target = Path(target)
+    if target.is_dir():
+        run_dir = rundir.resolve(target)
+        model = load_model(run_dir / rundir.BEST)
+        config, splits = rundata.test_split(run_dir, data_dir=data_dir, config_path=config_path)
+        manifest = run_dir / rundir.MANIFEST
+        class_names = (rundir.read_json(manifest).get("class_names") if manifest.is_file() else None) \
+            or splits.class_names
+        model_path, destination = run_dir / rundir.BEST, run_dir / rundir.EVAL
+    else:
+        if config_path is None:
+            raise RunError(f"{target}: a model file needs --config CONFIG (its data and class names)")
+        run_dir, model, config = None, load_model(target), load_config(config_path)
+        splits = rundata.load(config, data_dir=data_dir)
+        class_names, model_path, destination = splits.class_names, target, target.with_suffix(".eval.json")
+    got, expected = tuple(int(d) for d in model.input_shape[1:]), tuple(config.model.input_shape)
+    if got != expected or int(model.output_shape[-1]) != len(class_names):
+        raise RunError(f"{model_path}: the model maps {got} to {int(model.output_shape[-1])} classes; the config's "
+                       f"data has shape {expected} and {len(class_names)} classes")
+    report = evaluate_model(model, splits.x_test, splits.y_test, class_names, batch_size=config.train.batch_size,
+                            top_k=config.train.top_k)
+    report.update(checkpoint=str(model_path), dataset=splits.identity)
+    return Evaluation(report, destination, splits.x_test, run_dir)
+
+
+def check_expectations(config: Config, report: dict | None, history: dict, params: int,
+                       smoke: bool = False) -> list[dict]:
+    """Compare with the tutorial's published figures: accuracy is met within half a point of it."""
+    expect = config.expect
+    if expect is None:
+        return []
+    checks = []
+    if expect.params is not None:
+        checks.append({"what": "params", "published": expect.params, "measured": params,
+                       "met": params == expect.params})
+    measured = {"test_accuracy": (report or {}).get("accuracy"),
+                "val_accuracy": (history.get("val_accuracy") or [None])[-1]}
+    for key in ("test_accuracy", "val_accuracy"):
+        published = getattr(expect, key)
+        if published is not None and not smoke and measured[key] is not None:
+            checks.append({"what": key, "published": published, "measured": round(float(measured[key]), 4),
+                           "met": float(measured[key]) >= published - 0.005})
+    return checks
