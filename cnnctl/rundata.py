@@ -62,7 +62,8 @@ def differences(recorded: dict, found: dict) -> list[str]:
     for before, now in zip(old, new, strict=False):
         for key in FILE_FIELDS:
             if key in before and before.get(key) != now.get(key):
-                problems.append(f"{now.get('path')}: {key} was {before.get(key)}, is {now.get(key)}")
+                was, is_ = (str(v)[:12] + "…" if key == "sha256" else v for v in (before.get(key), now.get(key)))
+                problems.append(f"{now.get('path')}: {key} was {was}, is {is_}")
     return problems
 
 

@@ -42,6 +42,15 @@ def rows(run: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(handle)]
 
 
+def resume_to_the_end_of(run: Path, uninterrupted: Path) -> None:
+    """`train --resume` the run to its 3 epochs: each epoch once, and the uninterrupted run's weights at the end
+    (the checkpoint held the exact training state)."""
+    code, _, err = finish(cnnctl("train", "--resume", str(run), "--quiet"))
+    assert code == 0, err
+    assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
+    assert rows(run)[-1]["val_loss"] == rows(uninterrupted)[2]["val_loss"]  # epoch 3 (a later test adds a 4th)
+
+
 def wait_for_epochs(run: Path, count: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -110,11 +119,7 @@ def test_sigint_stops_with_a_resume_checkpoint_and_the_resume_command(workdir, u
     assert (state["epoch"] + 1, state["step"]) == (epoch, step) and step > 0  # mid-epoch checkpoint
     assert len(rows(run)) == 1  # the partial epoch is not logged as an epoch
 
-    code, out, err = finish(cnnctl("train", "--resume", str(run), "--quiet"))
-    assert code == 0, err
-    assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
-    # Training state is exact, so the weights end where an uninterrupted run ends them.
-    assert rows(run)[-1]["val_loss"] == rows(uninterrupted)[2]["val_loss"]  # epoch 3 (a later test adds a 4th)
+    resume_to_the_end_of(run, uninterrupted)
 
 
 def test_sigterm_exits_143(workdir):
@@ -171,11 +176,7 @@ def test_sigkill_after_a_step_checkpoint_resumes_inside_the_epoch(workdir, unint
     assert (run / "checkpoints" / state["checkpoint"]).is_file()
     assert not list((run / "checkpoints").glob(".*tmp*"))
 
-    code, _, err = finish(cnnctl("train", "--resume", str(run), "--quiet"))
-    assert code == 0, err
-    assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
-    # Same weights at the end as an uninterrupted run: the step checkpoint held the exact training state.
-    assert rows(run)[-1]["val_loss"] == rows(uninterrupted)[2]["val_loss"]  # epoch 3 (a later test adds a 4th)
+    resume_to_the_end_of(run, uninterrupted)
 
 
 def test_a_second_sigint_exits_at_once_leaving_the_last_checkpoint(workdir):
