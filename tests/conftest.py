@@ -1,5 +1,6 @@
 """Shared helpers: a small valid config, a tiny trainable one, a YAML writer, a CLI runner, the tutorial
-configs, and where the shared datasets live.
+configs, and where the shared datasets live; for the data tests an isolated environment, a loader and an
+MNIST file writer; a tiny Keras model, a full disk and an unwritable runs directory.
 
 Keras is imported only by the fixtures that build models, so the config tests stay TensorFlow-free.
 """
@@ -7,9 +8,11 @@ Keras is imported only by the fixtures that build models, so the config tests st
 from __future__ import annotations
 
 import copy
+import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -191,3 +194,92 @@ def tutorial_models(keras_module):
         config = load_config(CONFIGS / f"{name}.yaml")
         built[name] = (config, build_model(config.model, name=config.name))
     return built
+
+
+# ---------------------------------------------------------------- data: the dataset sources' tests
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No real ~/.keras, $CNNCTL_DATA, Debian folder or network: only what a test puts in place."""
+    from cnnctl.data import builtin
+
+    monkeypatch.setenv("CNNCTL_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("CNNCTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CNNCTL_DATA", raising=False)
+    monkeypatch.setattr(builtin, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+
+
+def load(dataset="synthetic", *, input_shape=(8, 8, 3), num_classes=None, validation="none", split=0.25,
+         seed=0, data_dir=None, smoke=False, **config):
+    """data.load_splits of a DataConfig(dataset, **config), with the model's side given as keywords."""
+    from cnnctl import data
+    from cnnctl.schema import DataConfig
+
+    config = DataConfig(dataset=dataset, **config)
+    return data.load_splits(config, input_shape=list(input_shape), num_classes=num_classes, validation=validation,
+                            validation_split=split, seed=seed, data_dir=data_dir, synthetic=smoke)
+
+
+def write_mnist(path: Path, n=5, value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = np.full((n, 28, 28), value, np.uint8)
+    y = np.arange(n, dtype=np.uint8) % 10
+    np.savez(path, x_train=x, y_train=y, x_test=x[:2], y_test=y[:2])
+    return path
+
+
+# ---------------------------------------------------------------- tiny models, checkpoints, run directories
+
+
+def tiny_model(keras, input_shape=(28, 28, 1), compiled=False):
+    model = keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    if compiled:
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def weights_of(model) -> list[np.ndarray]:
+    return [np.array(w) for w in model.get_weights()]
+
+
+@pytest.fixture
+def compiled_model(keras_module):
+    model = tiny_model(keras_module, (4,), compiled=True)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def disk_full_on_save(model, monkeypatch) -> None:
+    """model.save writes part of its file, then the disk is full."""
+
+    def save(filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save", save)
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".tmp" in p.name)
+
+
+@pytest.fixture
+def unwritable_runs_dir(tmp_path):
+    """A runs directory that cannot be written: mode 0555, or (as root, where modes do not stop writes)
+    a path under a regular file."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        (locked / "probe").mkdir()
+    except OSError:
+        yield locked
+    else:
+        (tmp_path / "afile").write_text("a file, not a directory\n")
+        yield tmp_path / "afile" / "runs"
+    finally:
+        locked.chmod(0o755)

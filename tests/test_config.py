@@ -20,7 +20,6 @@ from cnnctl.config import (
     to_yaml,
 )
 from cnnctl.errors import CnnctlError, ConfigError, ShapeError
-from cnnctl.schema import OptimizerConfig
 
 LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<path>[\w.\[\]]+(?: \(\w+\))?): (?P<message>.+)$")
 
@@ -374,11 +373,6 @@ def test_source_prefers_overrides_over_stale_file_marks():
     assert source.locate(("a", "b")) == "--set a={b: 1}"
     assert Source("c.yaml", marks={("a",): (4, 5)}).locate(("a", "zzz")) == "c.yaml:4:5"
     assert Source("c.yaml").locate(("a",)) == "c.yaml"
-
-
-def test_optimizer_keras_kwargs_are_exactly_what_was_set():
-    optimizer = OptimizerConfig(name="rmsprop", learning_rate=0.01, rho=0.8, centered=True)
-    assert optimizer.keras_kwargs() == {"rho": 0.8, "centered": True}
 
 
 def test_config_errors_are_cnnctl_errors():

@@ -18,7 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, MINIMAL_YAML, REPO, SHARED_DATASETS, tiny_config
+from conftest import (
+    CONFIGS,
+    MINIMAL_YAML,
+    REPO,
+    SHARED_DATASETS,
+    disk_full_on_save,
+    leftovers,
+    tiny_config,
+    tiny_model,
+    weights_of,
+)
 
 from cnnctl import resume, rundir
 from cnnctl.config import load_config
@@ -107,18 +117,6 @@ def offline(monkeypatch, tmp_path):
         place.mkdir()
         monkeypatch.setenv(name, str(place))
     monkeypatch.setenv("CNNCTL_OFFLINE", "1")
-
-
-def tiny_model(keras, input_shape=(28, 28, 1), compiled=False):
-    model = keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
-                              keras.layers.Dense(3, activation="softmax")])
-    if compiled:
-        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    return model
-
-
-def weights_of(model) -> list[np.ndarray]:
-    return [np.array(w) for w in model.get_weights()]
 
 
 # ---------------------------------------------------------------- YAML that would run code
@@ -288,14 +286,6 @@ def test_a_bad_run_name_is_refused_without_importing_tensorflow(tmp_path):
     assert not imported["tensorflow"]
 
 
-def test_run_names_are_one_safe_path_component():
-    for name in ["run", "run-2", "a.b_c", "x" * 64]:
-        assert rundir.check_name(name) == name
-    for name in ["trailing\n", "x" * 65, "a/b", "..", ""]:
-        with pytest.raises(RunError, match="is not allowed"):
-            rundir.check_name(name)
-
-
 # ---------------------------------------------------------------- model files that are not (safe) Keras models
 
 
@@ -442,31 +432,6 @@ def test_a_bad_dataset_file_fails_before_the_run_directory_is_made(cli, tmp_path
 # ---------------------------------------------------------------- unwritable runs directory
 
 
-@pytest.fixture
-def unwritable_runs_dir(tmp_path):
-    """A runs directory that cannot be written: mode 0555, or (as root, where modes do not stop writes)
-    a path under a regular file."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    try:
-        (locked / "probe").mkdir()
-    except OSError:
-        yield locked
-    else:
-        (tmp_path / "afile").write_text("a file, not a directory\n")
-        yield tmp_path / "afile" / "runs"
-    finally:
-        locked.chmod(0o755)
-
-
-def test_rundir_create_in_an_unwritable_place_is_a_run_error(unwritable_runs_dir):
-    with pytest.raises(RunError, match=r"cannot create the runs directory|not writable") as info:
-        rundir.create(unwritable_runs_dir, "run")
-    assert str(info.value).startswith(str(unwritable_runs_dir))
-    assert not (unwritable_runs_dir / "run").exists()
-
-
 def test_train_into_an_unwritable_runs_dir_exits_2(cli, minimal_path, unwritable_runs_dir):
     result = cli("train", minimal_path, "--smoke", "--quiet", "--runs-dir", unwritable_runs_dir,
                  "--set", "runtime.precision=float32", "--set", "runtime.device=cpu")
@@ -475,27 +440,6 @@ def test_train_into_an_unwritable_runs_dir_exits_2(cli, minimal_path, unwritable
 
 
 # ---------------------------------------------------------------- a full disk while checkpointing
-
-
-def disk_full_on_save(model, monkeypatch) -> None:
-    """model.save writes part of its file, then the disk is full."""
-
-    def save(filepath, *args, **kwargs):
-        Path(filepath).write_bytes(b"PK\x03\x04 partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(model, "save", save)
-
-
-def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if ".tmp" in p.name)
-
-
-@pytest.fixture
-def compiled_model(keras_module):
-    model = tiny_model(keras_module, (4,), compiled=True)
-    model.optimizer.build(model.trainable_variables)
-    return model
 
 
 def test_resume_save_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, compiled_model, keras_module,
@@ -534,27 +478,6 @@ def test_resume_save_when_the_state_file_cannot_be_written(tmp_path, compiled_mo
     monkeypatch.undo()
     assert resume.load_state(tmp_path).checkpoint == "resume-00001-0000000.keras"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["resume-00001-0000000.keras", "resume.json"]
-
-
-def test_atomic_checkpoint_on_a_full_disk_keeps_last_and_best(tmp_path, compiled_model, keras_module, monkeypatch):
-    from cnnctl.callbacks import AtomicCheckpoint
-
-    checkpoint = AtomicCheckpoint(tmp_path, monitor="val_accuracy")
-    checkpoint.set_model(compiled_model)
-    checkpoint.on_epoch_end(0, {"loss": 1.0})
-    saved = weights_of(compiled_model)
-    compiled_model.set_weights([w + 1 for w in saved])
-
-    disk_full_on_save(compiled_model, monkeypatch)
-    with pytest.raises(TrainingFailed, match=r"cannot write checkpoints/last.keras \(the disk is full\); "
-                                             r"the previous last.keras is kept"):
-        checkpoint.on_epoch_end(1, {"loss": 0.5})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.keras", "last.keras"]
-    assert leftovers(tmp_path) == []
-    for name in ("last.keras", "best.keras"):
-        restored = keras_module.saving.load_model(tmp_path / name)
-        for got, want in zip(weights_of(restored), saved, strict=True):
-            np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------- a NaN loss

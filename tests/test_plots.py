@@ -78,15 +78,6 @@ def test_the_report_lists_misclassified_images_and_keeps_its_keys(smoke_run):
     assert probabilities == sorted(probabilities, reverse=True)
 
 
-def test_report_misclassified_is_most_confident_first_and_limited():
-    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.7, 0.3], [0.45, 0.55]])
-    labels = np.array([0, 0, 0, 1, 1])
-    report = evaluation.report(probabilities, labels, ["a", "b"], top_k=1, misclassified=2)
-    assert report["misclassified"] == [{"index": 2, "true": 0, "predicted": 1, "probability": 0.8},
-                                       {"index": 3, "true": 1, "predicted": 0, "probability": 0.7}]
-    assert report["accuracy"] == pytest.approx(0.4)
-
-
 def test_evaluate_refreshes_the_plots(smoke_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(smoke_run, run)

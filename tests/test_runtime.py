@@ -173,13 +173,6 @@ def test_a_steps_per_execution_that_would_cross_an_epoch_is_refused():
         runtime.steps_per_execution(10, 600, every_steps=25)
 
 
-def test_nan_location_is_a_range_when_steps_run_in_groups():
-    from cnnctl.callbacks import nan_where
-
-    assert nan_where(2, 3, 1) == "epoch 2, step 3"
-    assert nan_where(2, 16, 8) == "epoch 2, one of steps 9-16"
-
-
 def test_steps_per_execution_is_one_under_tf_distribute():
     assert runtime.steps_per_execution("auto", 600, distribute="mirrored")[0] == 1
     with pytest.raises(RuntimeConfigError, match="4 with runtime.distribute multi_worker"):
