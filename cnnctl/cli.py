@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
 from enum import Enum
@@ -42,6 +41,7 @@ SetOpt = Annotated[
                  metavar="KEY=VALUE"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Look for dataset files here first.")]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="The folder that holds the run directories.")]
 RunArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]
@@ -226,31 +226,23 @@ def evaluate(
     config: Annotated[Optional[Path], typer.Option("--config", help="Config for a bare model file.")] = None,
     data_dir: DataDirOpt = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the report here instead.")] = None,
+    force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Evaluate a run's best checkpoint on the test set: metrics, per-class report, confusion matrix."""
     with _errors():
         _quiet_tensorflow()
-        from cnnctl import files, results, rundir
+        from cnnctl import results
 
-        outcome = results.evaluate(target, config_path=config, data_dir=data_dir)
-        report, destination, plotted = outcome.report, out_file or outcome.destination, None
-        try:
-            if out_file is None and outcome.run_dir is not None:  # the run's own eval.json: its plots follow it
-                problems = results.write_evaluation(outcome.run_dir, report, outcome.test_images,
-                                                    lambda message: err.print(message, highlight=False, markup=False))
-                plotted = None if problems else outcome.run_dir / rundir.PLOTS
-            else:
-                files.write_json(destination, report)
-        except OSError as exc:
-            raise CnnctlError(f"{destination}: cannot write the report: {exc.strerror}") from None
+        outcome = results.evaluate(target, config_path=config, data_dir=data_dir, out=out_file, force=force)
+        plotted = results.write_report(outcome, lambda message: err.print(message, highlight=False, markup=False))
         if json_:
-            out.print(json.dumps(report), highlight=False, markup=False)
+            render.print_json(outcome.report, out, indent=None)
             return
-        render.report(report, out)
-        out.print(f"report written to {destination}", highlight=False, markup=False)
+        render.report(outcome.report, out)
+        render.plain(f"report written to {outcome.destination}", out)
         if plotted:
-            out.print(f"plots written to {plotted}", highlight=False, markup=False)
+            render.plain(f"plots written to {plotted}", out)
 
 
 @app.command("runs")
@@ -268,27 +260,14 @@ def compare_command(
     out_file: Annotated[Optional[Path], typer.Option(
         "--out", help="Where to write the overlaid learning curves (.png, .svg or .pdf; default: "
                       "compare-<names>.png beside the first run).")] = None,
+    force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Runs side by side: final and best metrics, test accuracy, size, time, config differences, one plot."""
     with _errors():
-        from cnnctl.errors import RunError
-        from cnnctl.runs import compare, default_plot_path
+        from cnnctl.runs import compare_with_plot
 
-        if len(run_dirs) < 2:
-            raise RunError("compare needs at least two run directories")
-        destination = out_file or default_plot_path(run_dirs)
-        if destination.suffix.lower() not in (".png", ".svg", ".pdf"):
-            raise RunError(f"{destination}: the plot file must end in .png, .svg or .pdf")
-        result = compare(run_dirs)
-        from cnnctl.plots import compare_curves
-
-        try:
-            compare_curves(result["runs"], destination)
-        except OSError as exc:
-            raise RunError(f"{destination}: cannot write the plot: {exc.strerror}") from None
-        result["plot"] = str(destination)
-        render.comparison(result, out, as_json=json_)
+        render.comparison(compare_with_plot(run_dirs, out_file, force), out, as_json=json_)
 
 
 @app.command("predict")
@@ -299,6 +278,8 @@ def predict_command(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show per image.")] = 3,
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="Config naming the classes of a bare model file (else class indices).")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the predictions here (JSON).")] = None,
+    force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Classify images: the top-k classes and their probabilities, per image."""
@@ -306,7 +287,8 @@ def predict_command(
         _quiet_tensorflow()
         from cnnctl.predict import predict
 
-        render.predictions(predict(target, images, top_k=top_k, config_path=config), out, as_json=json_)
+        found = predict(target, images, top_k=top_k, config_path=config, out=out_file, force=force)
+        render.predictions(found, out, as_json=json_)
 
 
 class ExportFormat(str, Enum):  # the formats of cnnctl.export.FORMATS (a test keeps them in step)

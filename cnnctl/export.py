@@ -233,6 +233,7 @@ def export(run: str | Path, format: str, out: str | Path | None = None, *, data_
     if os.path.lexists(destination):
         raise RunError(f"{destination}: already exists; export never overwrites (choose another --out, or "
                        "remove it first)")
+    rundir.check_output(destination, run_folder=run_dir / "export", create=False)
     if format == "keras" and destination.suffix != ".keras":
         raise RunError(f"{destination}: a Keras model file must end in .keras")
 

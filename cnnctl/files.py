@@ -54,3 +54,29 @@ def write_json(path: str | Path, data: Any) -> None:
 def is_temporary(path: Path) -> bool:
     """A leftover of `atomic_path` (a process killed while writing): never to be trusted."""
     return path.name.startswith(".") and TMP_SUFFIX in path.name
+
+
+def free_space(path: str | Path) -> str:
+    """", 12.5 MB free on /mnt" for messages about a full disk; "" when it cannot be told."""
+    import shutil
+
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return ""
+    return f", {free / 1e6:,.1f} MB free on {path}"
+
+
+def write_error(exc: OSError, near: str | Path, doing: str):
+    """A failed run's error for an OSError of a write: the file, the reason, the free space when the disk is full."""
+    import errno
+
+    from cnnctl.errors import TrainingFailed
+
+    where = exc.filename or near
+    reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+    space = free_space(where) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return TrainingFailed(f"{where}: cannot write ({reason}{space}) while {doing}")

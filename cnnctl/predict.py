@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnctl import data, rundir
+from cnnctl import data, files, rundir
 from cnnctl.data import folders
 from cnnctl.errors import DataError, RunError
 
@@ -94,8 +94,10 @@ def prepare(paths: list[Path], input_shape: tuple) -> np.ndarray:
 
 
 def predict(target: str | Path, images: str | Path, *, top_k: int = 3, config_path: str | Path | None = None,
-            ) -> list[dict]:
-    """For each image: {"image": path, "top": [{"class", "index", "probability"}, ...]}, best first."""
+            out: str | Path | None = None, force: bool = False) -> list[dict]:
+    """For each image: {"image": path, "top": [{"class", "index", "probability"}, ...]}, best first;
+    also written to `out` as JSON (checked by `rundir.check_output`) when given."""
+    destination = rundir.check_output(out, force=force) if out is not None else None
     paths = find_images(images)
     model, names, _ = load_classifier(target, config_path)
     x = prepare(paths, model.input_shape[1:])
@@ -106,4 +108,9 @@ def predict(target: str | Path, images: str | Path, *, top_k: int = 3, config_pa
         best = np.argsort(-row, kind="stable")[:k]
         results.append({"image": str(path), "top": [
             {"class": names[i] if names else str(i), "index": int(i), "probability": float(row[i])} for i in best]})
+    if destination is not None:
+        try:
+            files.write_json(destination, results)
+        except OSError as exc:
+            raise RunError(f"{destination}: cannot write the predictions: {exc.strerror}") from None
     return results

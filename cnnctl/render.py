@@ -129,7 +129,7 @@ def progress_display(console: Console, stop, *, as_json: bool = False, quiet: bo
 
 
 def train_result(result, console: Console, *, as_json: bool = False) -> None:
-    """The end of `cnnctl train` for a train.TrainResult: a block of lines, or one JSON line."""
+    """The end of `cnnctl train` for a results.TrainResult: a block of lines, or one JSON line."""
     evaluation = result.evaluation or {}
     if as_json:
         print_json({"event": "result", "run_dir": str(result.run_dir), "status": result.status,

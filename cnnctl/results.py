@@ -8,7 +8,7 @@ always made the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,21 @@ import numpy as np
 from cnnctl import data, evaluation, files, rundata, rundir
 from cnnctl.errors import RunError
 from cnnctl.schema import Config
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str
+    epochs_run: int
+    best_epoch: int | None
+    wall_seconds: float
+    images_per_second: float | None
+    evaluation: dict | None
+    history: dict
+    expect: list[dict] = field(default_factory=list)
+    message: str | None = None
+    warnings: list[str] = field(default_factory=list)  # problems that did not fail the run (plots)
 
 
 @dataclass
@@ -48,27 +63,37 @@ def write_evaluation(run_dir: Path, report: dict | None, test_images: np.ndarray
     return problems
 
 
-def evaluate(target: str | Path, *, config_path: str | Path | None = None,
-             data_dir: str | Path | None = None) -> Evaluation:
-    """Evaluate a run's best checkpoint on the data it was trained on, or a .keras file with a config."""
+def evaluate(target: str | Path, *, config_path: str | Path | None = None, data_dir: str | Path | None = None,
+             out: str | Path | None = None, force: bool = False) -> Evaluation:
+    """Evaluate a run's best checkpoint on the data it was trained on, or a .keras file with a config.
+
+    Without `out` a run's report replaces its own eval.json, so it must be the run's own config and
+    data; with `out` (checked by `rundir.check_output`) any config and data may be used.
+    """
     from cnnctl.config import load_config
     from cnnctl.model import load_model
 
     target = Path(target)
+    destination = rundir.check_output(out, force=force) if out is not None else None
     if target.is_dir():
         run_dir = rundir.resolve(target)
+        if out is None and config_path is not None and \
+                load_config(config_path).model_dump() != load_config(run_dir / rundir.CONFIG).model_dump():
+            raise RunError(f"{config_path} is not the config of {run_dir}: its results would replace the run's "
+                           f"eval.json", hint="give --out FILE to write the report elsewhere")
         model = load_model(run_dir / rundir.BEST)
-        config, splits = rundata.test_split(run_dir, data_dir=data_dir, config_path=config_path)
+        config, splits = rundata.test_split(run_dir, data_dir=data_dir, config_path=config_path, check=out is None)
         manifest = run_dir / rundir.MANIFEST
         class_names = (rundir.read_json(manifest).get("class_names") if manifest.is_file() else None) \
             or splits.class_names
-        model_path, destination = run_dir / rundir.BEST, run_dir / rundir.EVAL
+        model_path, destination = run_dir / rundir.BEST, destination or run_dir / rundir.EVAL
     else:
         if config_path is None:
             raise RunError(f"{target}: a model file needs --config CONFIG (its data and class names)")
         run_dir, model, config = None, load_model(target), load_config(config_path)
         splits = rundata.load(config, data_dir=data_dir)
-        class_names, model_path, destination = splits.class_names, target, target.with_suffix(".eval.json")
+        class_names, model_path = splits.class_names, target
+        destination = destination or rundir.check_output(target.with_suffix(".eval.json"), force=force)
     got, expected = tuple(int(d) for d in model.input_shape[1:]), tuple(config.model.input_shape)
     if got != expected or int(model.output_shape[-1]) != len(class_names):
         raise RunError(f"{model_path}: the model maps {got} to {int(model.output_shape[-1])} classes; the config's "
@@ -76,7 +101,22 @@ def evaluate(target: str | Path, *, config_path: str | Path | None = None,
     report = evaluate_model(model, splits.x_test, splits.y_test, class_names, batch_size=config.train.batch_size,
                             top_k=config.train.top_k)
     report.update(checkpoint=str(model_path), dataset=splits.identity)
-    return Evaluation(report, destination, splits.x_test, run_dir)
+    return Evaluation(report, destination, splits.x_test, run_dir if out is None else None)
+
+
+def write_report(outcome: Evaluation, log: Callable[[str], None]) -> Path | None:
+    """Write an evaluation where it belongs: into its run (eval.json and plots/, under the run's lock), or
+    to its own file. Returns the plots folder when plots were drawn."""
+    try:
+        if outcome.run_dir is None:
+            files.write_json(outcome.destination, outcome.report)
+            return None
+        with rundir.lock(outcome.run_dir, "evaluate"):
+            problems = write_evaluation(outcome.run_dir, outcome.report, outcome.test_images, log)
+    except OSError as exc:
+        raise RunError(f"{outcome.destination}: cannot write the report: {exc.strerror}"
+                       f"{files.free_space(outcome.destination)}") from None
+    return None if problems else outcome.run_dir / rundir.PLOTS
 
 
 def check_expectations(config: Config, report: dict | None, history: dict, params: int,

@@ -2,38 +2,81 @@
 
 `checkpoints/resume.json` names the current `checkpoints/resume-<epoch>-<step>.keras` (weights,
 optimizer state with its step counter and so the learning-rate schedule's position, dropout RNG
-state) and holds the training position and the callbacks' counters. The .keras file is written
-under a temporary name and renamed, then resume.json is replaced atomically, then the previous
-.keras file is removed: a kill at any instant leaves resume.json naming a complete file.
+state) and holds the training position and the callbacks' counters, plus the same for the
+checkpoint before it (`previous`). The .keras file is written under a temporary name and renamed,
+then resume.json is replaced atomically, then the checkpoint before the previous one is removed:
+a kill at any instant leaves resume.json naming complete files, and a damaged current checkpoint
+falls back to the previous one.
+
+resume.json is read like a config: validated (types, ranges, names of files inside checkpoints/,
+agreement with metrics.csv) before anything is loaded or removed.
 """
 
 from __future__ import annotations
 
 import csv
 import errno
-from dataclasses import asdict, dataclass, field
+import re
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from cnnctl import rundir
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cnnctl import files, rundir
 from cnnctl.errors import RunError, TrainingFailed
 from cnnctl.files import atomic_path, write_json, write_text
 
 STATE = "checkpoints/resume.json"
+CHECKPOINT_NAME = re.compile(r"^resume-(\d{5})-(\d{7})\.keras$")
+MAX_EPOCHS = 100_000  # the schema's limit on train.epochs
 # Keys that may change on --resume (they do not change what the run has learnt so far).
 SAFE_TO_CHANGE = ("train.epochs", "train.callbacks", "train.checkpoint_every_steps", "runtime.steps_per_execution",
                   "expect", "description")
 
+Count = Annotated[int, Field(ge=0, le=1 << 40)]
+Number = float | int | None
 
-@dataclass
-class ResumeState:
-    epoch: int  # epochs completed (the epoch to run next, 0-based)
-    step: int = 0  # steps of that epoch already done (0: at an epoch boundary)
+
+class ResumeState(BaseModel):
+    """One resume checkpoint's training position and counters (resume.json, validated on load)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epoch: Annotated[int, Field(ge=0, le=MAX_EPOCHS)]  # epochs completed (the epoch to run next, 0-based)
+    step: Count = 0  # steps of that epoch already done (0: at an epoch boundary)
     checkpoint: str = ""  # file name under checkpoints/
     best_value: float | None = None  # AtomicCheckpoint
-    best_epoch: int | None = None
-    callbacks: dict = field(default_factory=dict)  # name -> {attribute: value}
-    last_logs: dict = field(default_factory=dict)  # the last complete epoch's logs (for metrics.csv)
-    rng: list = field(default_factory=list)  # states of the model's seed generators (dropout)
+    best_epoch: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = None
+    callbacks: dict[str, dict[str, Number]] = {}  # name -> {attribute: value}
+    last_logs: dict[str, float] = {}  # the last complete epoch's logs (for metrics.csv)
+    rng: list[list[int]] = []  # states of the model's seed generators (dropout)
+    previous: ResumeState | None = None  # the checkpoint before this one, kept as a fallback
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ResumeState:
+        if self.checkpoint:
+            match = CHECKPOINT_NAME.fullmatch(self.checkpoint)
+            if match is None:
+                raise ValueError(f"checkpoint must be a file name like resume-00003-0000000.keras, "
+                                 f"got {_cut(self.checkpoint)!r}")
+            if (int(match[1]), int(match[2])) != (self.epoch, self.step):
+                raise ValueError(f"checkpoint {self.checkpoint} is not the one of epoch {self.epoch}, "
+                                 f"step {self.step}")
+        if self.best_epoch is not None and self.best_epoch > self.epoch:
+            raise ValueError(f"best_epoch {self.best_epoch} is after the {self.epoch} epochs done")
+        if self.previous is not None and (self.previous.previous is not None or
+                                          (self.previous.epoch, self.previous.step) >= (self.epoch, self.step)):
+            raise ValueError("previous must be one earlier checkpoint")
+        return self
+
+    def plain(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _seed_states(model) -> list:
@@ -93,32 +136,68 @@ def save(model, run_dir: Path, state: ResumeState) -> None:
     """Write a resume checkpoint atomically; a full disk leaves the previous one current."""
     directory = Path(run_dir) / rundir.CHECKPOINTS
     name = f"resume-{state.epoch:05d}-{state.step:07d}.keras"
-    previous = load_state(run_dir)
+    current = load_state(run_dir)
     state.rng = rng_state(model)
+    state.previous = current.model_copy(update={"previous": None}) if current and current.checkpoint != name \
+        else (current.previous if current else None)
     try:
         with atomic_path(directory / name, suffix=".keras") as tmp:
             model.save(tmp)
         state.checkpoint = name
-        write_json(Path(run_dir) / STATE, asdict(state))
+        write_json(Path(run_dir) / STATE, state.plain())
     except OSError as exc:
-        if previous is None or previous.checkpoint != name:
+        if current is None or name not in (current.checkpoint, getattr(current.previous, "checkpoint", None)):
             (directory / name).unlink(missing_ok=True)
         reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-        raise TrainingFailed(f"cannot write a resume checkpoint ({reason}); the previous checkpoint "
-                             f"{previous.checkpoint if previous else '(none)'} is kept") from None
-    if previous and previous.checkpoint and previous.checkpoint != name:
-        (directory / previous.checkpoint).unlink(missing_ok=True)
+        raise TrainingFailed(f"cannot write a resume checkpoint ({reason}{files.free_space(directory)}); the "
+                             f"previous checkpoint {current.checkpoint if current else '(none)'} is kept") from None
+    keep = {name, state.previous.checkpoint if state.previous else None}
+    for old in (current, current.previous if current else None):
+        if old is not None and old.checkpoint and old.checkpoint not in keep:
+            (directory / old.checkpoint).unlink(missing_ok=True)
 
 
 def load_state(run_dir: Path) -> ResumeState | None:
+    """resume.json, validated: RunError naming the file and every problem; None when there is none."""
     path = Path(run_dir) / STATE
     if not path.exists():
         return None
     data = rundir.read_json(path)
     try:
-        return ResumeState(**data)
-    except TypeError as exc:
-        raise RunError(f"{path}: not a resume state: {exc}") from None
+        return ResumeState.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc']) or 'resume.json'}: "
+                             f"{_cut(error['msg'], 200)}" for error in exc.errors()[:5])
+        raise RunError(f"{path}: not a valid resume state: {problems}") from None
+
+
+def checkpoint_problem(run_dir: Path, state: ResumeState) -> str | None:
+    """Why the checkpoint `state` names cannot be used (missing, outside the run, damaged), or None."""
+    directory = (Path(run_dir) / rundir.CHECKPOINTS).resolve()
+    path = directory / state.checkpoint
+    if not state.checkpoint or not path.is_file():
+        return f"{rundir.CHECKPOINTS}/{state.checkpoint or '(none)'} is missing"
+    if path.resolve().parent != directory:
+        return f"{rundir.CHECKPOINTS}/{state.checkpoint} leads outside the run directory"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        return f"{rundir.CHECKPOINTS}/{state.checkpoint} is damaged ({type(exc).__name__}: {_cut(str(exc))})"
+    if damaged is not None:
+        return f"{rundir.CHECKPOINTS}/{state.checkpoint} is damaged (bad member {_cut(damaged)})"
+    return None
+
+
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Delete temporary files of a killed write in checkpoints/ (never trusted); their names."""
+    directory = Path(run_dir) / rundir.CHECKPOINTS
+    removed = []
+    for path in directory.iterdir() if directory.is_dir() else ():
+        if files.is_temporary(path) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -161,33 +240,77 @@ def reconcile_metrics(path: Path, state: ResumeState) -> None:
 
 @dataclass
 class Resumption:
-    """What `train --resume` continues from: the run, its manifest so far, the state, the --set changes."""
+    """What `train --resume` continues from: the run (locked), its manifest so far, the state (None: the run
+    stopped before its first checkpoint and starts again from scratch), the --set changes, and notes."""
 
     run_dir: Path
     manifest: dict
-    state: ResumeState
+    state: ResumeState | None
     changes: dict  # dotted key -> its new value
+    lock: rundir.RunLock | None = None
+    notes: tuple[str, ...] = ()  # what was repaired or fallen back on, for the log and the manifest
 
 
 def prepare(config, resume_dir: Path, chief: bool = True) -> Resumption:
-    """Check that `resume_dir` can be continued with `config` (the run's config after --set)."""
+    """Lock `resume_dir` and check it can be continued with `config` (the run's config after --set).
+
+    Only the chief locks and repairs: it removes temporary files of a killed write and falls back to
+    the previous checkpoint when the current one is damaged.
+    """
     from cnnctl.config import load_config
 
     run_dir = rundir.resolve(resume_dir)
-    manifest = rundir.Manifest.load(run_dir).data
+    lock = rundir.lock(run_dir, "train --resume") if chief else None
+    try:
+        manifest = rundir.Manifest.load(run_dir).data
+        state, notes = _usable_state(run_dir, write=chief)
+        if chief:
+            notes += tuple(f"removed {name}, left by a write that was cut short" for name in remove_leftovers(run_dir))
+            check_metrics(run_dir, state)
+        old, new = load_config(run_dir / rundir.CONFIG).model_dump(mode="json"), config.model_dump(mode="json")
+        changes = {key: _lookup(new, key) for key in check_changes(old, new)} if chief else {}
+        if state is not None and state.epoch >= config.train.epochs and manifest.get("status") == "completed":
+            raise RunError(f"{run_dir}: already completed {state.epoch} of {config.train.epochs} epochs; "
+                           f"raise train.epochs with --set to train longer")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Resumption(run_dir, manifest, state, changes, lock, notes)
+
+
+def _usable_state(run_dir: Path, write: bool) -> tuple[ResumeState | None, tuple[str, ...]]:
+    """The newest resume state whose checkpoint is whole; the fallback is written back to resume.json."""
     state = load_state(run_dir)
     if state is None:
-        raise RunError(f"{run_dir}: no resume checkpoint (checkpoints/resume.json) to continue from")
-    if not (run_dir / rundir.CHECKPOINTS / state.checkpoint).is_file():
-        raise RunError(f"{run_dir}: resume.json names {state.checkpoint}, which is missing")
-    if not chief:
-        return Resumption(run_dir, manifest, state, {})
-    old, new = load_config(run_dir / rundir.CONFIG).model_dump(mode="json"), config.model_dump(mode="json")
-    changes = {key: _lookup(new, key) for key in check_changes(old, new)}
-    if state.epoch >= config.train.epochs and manifest.get("status") == "completed":
-        raise RunError(f"{run_dir}: already completed {state.epoch} of {config.train.epochs} epochs; "
-                       f"raise train.epochs with --set to train longer")
-    return Resumption(run_dir, manifest, state, changes)
+        return None, ()
+    problem = checkpoint_problem(run_dir, state)
+    if problem is None:
+        return state, ()
+    previous = state.previous
+    if previous is None or checkpoint_problem(run_dir, previous) is not None:
+        raise RunError(f"{run_dir}: {problem}, and there is no earlier good checkpoint to resume from",
+                       hint="start a new run from the config")
+    if write:
+        write_json(Path(run_dir) / STATE, previous.plain())
+    return previous, (f"{problem}; resuming from the previous checkpoint {previous.checkpoint}",)
+
+
+def check_metrics(run_dir: Path, state: ResumeState | None) -> None:
+    """metrics.csv must hold epochs 1, 2, ... up to at least the checkpoint's epoch - 1."""
+    path = Path(run_dir) / rundir.METRICS
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            epochs = [row[0] for row in csv.reader(handle)][1:]
+    except FileNotFoundError:
+        epochs = []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RunError(f"{path}: unreadable ({_cut(str(exc))})") from None
+    done = state.epoch if state else 0
+    if epochs != [str(n) for n in range(1, len(epochs) + 1)]:
+        raise RunError(f"{path}: the epochs are {_cut(', '.join(epochs))}, not 1, 2, ...: the file was edited")
+    if len(epochs) < done - 1 or (state is None and epochs):
+        raise RunError(f"{path}: holds {len(epochs)} epochs, but {STATE} says {done} were done")
 
 
 def _lookup(config: dict, dotted: str):

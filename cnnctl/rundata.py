@@ -68,8 +68,9 @@ def differences(recorded: dict, found: dict) -> list[str]:
 
 
 def load_for_run(run_dir: Path, config: Config, manifest: dict, *, data_dir: str | Path | None = None,
-                 validation: str = "none") -> data.Splits:
-    """The data a run was trained on, found where the run found it (or under `data_dir`), checked to be it."""
+                 validation: str = "none", check: bool = True) -> data.Splits:
+    """The data a run was trained on, found where the run found it (or under `data_dir`), checked to be it
+    (`check` False: any data the config describes, e.g. for a report written elsewhere)."""
     recorded = manifest.get("dataset") or {}
     smoke = bool(manifest.get("smoke"))
     if smoke:
@@ -80,7 +81,7 @@ def load_for_run(run_dir: Path, config: Config, manifest: dict, *, data_dir: str
                       smoke=smoke)
     except DataError as exc:
         raise DataError(f"{run_dir}: {trained_on(recorded)}; {exc.message}", hint=exc.hint) from None
-    changed = differences(recorded, splits.identity) if not smoke else []
+    changed = differences(recorded, splits.identity) if check and not smoke else []
     if changed:
         raise DataError(f"{run_dir}: {trained_on(recorded)}, but the data found now is not the same: "
                         f"{'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}",
@@ -88,8 +89,8 @@ def load_for_run(run_dir: Path, config: Config, manifest: dict, *, data_dir: str
     return splits
 
 
-def test_split(run_dir: str | Path, *, data_dir: str | Path | None = None,
-               config_path: str | Path | None = None) -> tuple[Config, data.Splits]:
+def test_split(run_dir: str | Path, *, data_dir: str | Path | None = None, config_path: str | Path | None = None,
+               check: bool = True) -> tuple[Config, data.Splits]:
     """(config, splits without validation) of a run: test image i is the same image for every command."""
     run_dir = rundir.resolve(run_dir)
     config = load_config(config_path or run_dir / rundir.CONFIG)
@@ -97,5 +98,5 @@ def test_split(run_dir: str | Path, *, data_dir: str | Path | None = None,
         manifest = rundir.read_json(run_dir / rundir.MANIFEST)
     except RunError:  # no or a damaged manifest: the config alone says what the data is
         manifest = {}
-    splits = load_for_run(run_dir, config, manifest, data_dir=data_dir)
+    splits = load_for_run(run_dir, config, manifest, data_dir=data_dir, check=check)
     return (smoke_config(config) if manifest.get("smoke") else config), splits

@@ -33,6 +33,7 @@ BEST = "checkpoints/best.keras"
 LAST = "checkpoints/last.keras"
 TENSORBOARD = "tensorboard"
 PLOTS = "plots"
+LOCK = ".lock"  # held (fcntl) by the process that owns the run: training it, or writing its results
 
 
 def now() -> str:
@@ -98,6 +99,14 @@ class Manifest:
         self.data.update(fields)
         write_json(self.path, self.data)
 
+    def begin(self, fields: dict, restart: dict | None = None) -> None:
+        """A new run's manifest; `restart` records a run started again from scratch in its own directory."""
+        restarts = [*self.data.get("restarts", []), restart] if restart else []
+        self.update(**fields, **({"restarts": restarts} if restarts else {}))
+
+    def resumed(self, entry: dict, fields: dict) -> None:
+        self.update(resumes=[*self.data.get("resumes", []), entry], **fields)
+
 
 def resolve(path: str | Path) -> Path:
     """The run directory named by `path` (a run directory, or its manifest), checked to be one."""
@@ -108,4 +117,128 @@ def resolve(path: str | Path) -> Path:
         raise RunError(f"{path}: no such run directory")
     if not (path / CONFIG).is_file():
         raise RunError(f"{path}: not a cnnctl run directory (no {CONFIG})")
+    return path
+
+
+class RunLock:
+    """An exclusive fcntl lock on RUN/.lock: one process at a time changes a run directory.
+
+    The kernel releases it when the process ends, however it ends, so the lock of a killed
+    process is simply taken over. The lock file says who holds it, for the message of a refusal.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.fd: int | None = None
+
+    def acquire(self, purpose: str, wait: float = 1.0) -> RunLock:
+        import fcntl
+        import socket
+        import sys
+        import time
+
+        path = self.run_dir / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise RunError(f"{path}: cannot open the run's lock file: {exc.strerror}") from None
+        deadline = time.monotonic() + wait  # a `cnnctl runs` probing the lock holds it for microseconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    holder = _holder(fd)
+                    os.close(fd)
+                    raise RunError(f"{self.run_dir}: in use by {holder}; wait for it to finish or stop it "
+                                   f"first") from None
+                time.sleep(0.05)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+                "command": " ".join(sys.argv)[:300], "since": now()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock; the file stays (no unlink race)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        return f"pid {int(info['pid'])} on {str(info['host'])[:64]} ({str(info['purpose'])[:40]}, since " \
+               f"{str(info['since'])[:32]})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def lock(run_dir: str | Path, purpose: str) -> RunLock:
+    """Take the run's lock now (RunError naming the holder if a live process has it)."""
+    return RunLock(run_dir).acquire(purpose)
+
+
+def owner_alive(run_dir: str | Path) -> bool | None:
+    """Is a live process holding the run's lock? None when the run has no lock file."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def enclosing_run(path: str | Path) -> Path | None:
+    """The run directory that holds `path` (a file or folder inside it), if any."""
+    for folder in Path(path).resolve().parents:
+        if (folder / MANIFEST).is_file() and (folder / CONFIG).is_file():
+            return folder
+    return None
+
+
+def check_output(path: str | Path, *, force: bool = False, run_folder: Path | None = None,
+                 create: bool = True) -> Path:
+    """A file a command was asked to write (--out): never inside a run directory (except `run_folder`, a
+    run's own result folder), never over an existing file unless `force`, and its missing parent folders
+    created only inside the current directory (by the caller when not `create`). Returns the path."""
+    path = Path(path)
+    run = enclosing_run(path)
+    if run is not None and not (run_folder is not None and
+                                path.resolve().is_relative_to(Path(run_folder).resolve())):
+        raise RunError(f"{path}: inside the run directory {run}, whose files only its own run writes; "
+                       "choose a path outside it")
+    if path.is_dir() and not path.is_symlink():
+        raise RunError(f"{path}: is a folder; give a file name")
+    if os.path.lexists(path) and not force:
+        raise RunError(f"{path}: already exists; cnnctl does not overwrite a file it did not create "
+                       "(--force replaces it)")
+    parent = path.parent
+    if not parent.is_dir():
+        inside = Path.cwd().resolve() in path.resolve().parents or \
+            (run_folder is not None and Path(run_folder).resolve() in path.resolve().parents)
+        if not inside:
+            raise RunError(f"{parent}: no such folder (cnnctl creates folders only inside the current "
+                           "directory or the run's own folders)")
+        if not create:
+            return path
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"{parent}: cannot create the folder: {exc.strerror}") from None
     return path

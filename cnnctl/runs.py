@@ -3,7 +3,8 @@
 Everything here reads the files a run directory holds (manifest.json, history.json, metrics.csv,
 eval.json, config.yaml) and never imports TensorFlow or loads data. A folder
 without a manifest or a config is not a run and is skipped; a run whose manifest cannot be read
-is listed with status "unreadable" rather than stopping the listing.
+is listed with status "unreadable" rather than stopping the listing, and a "running" run whose
+process is gone (killed before it could say so) as "killed".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cnnctl import history, rundir
 from cnnctl.errors import CnnctlError, RunError
 
 UNREADABLE = "unreadable"
+KILLED = "killed"  # manifest says running, but the process that owns the run is gone
 
 
 def _number(value) -> float | None:
@@ -68,7 +70,30 @@ def describe(run_dir: Path) -> dict:
     }
     if manifest is not None:
         row["config"] = manifest.get("config_name")
+    if row["status"] == "running" and not _alive(run_dir, manifest):
+        row["status"] = KILLED
     return row
+
+
+def _alive(run_dir: Path, manifest: dict) -> bool:
+    """Is the process that wrote "running" still there? Its lock says so (on any host sharing the
+    file system); a run without a lock file is judged by its pid, on its own host only."""
+    alive = rundir.owner_alive(run_dir)
+    if alive is not None:
+        return alive
+    import os
+    import socket
+
+    pid = manifest.get("pid")
+    if manifest.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return True  # cannot tell from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _is_run(path: Path) -> bool:
@@ -182,10 +207,31 @@ def compare(run_dirs: list[str | Path]) -> dict:
 
 
 def default_plot_path(run_dirs: list[str | Path]) -> Path:
-    """`compare-<name>-<name>....png` in the first run's parent folder (a short name for many runs)."""
+    """`compare-<name>-<name>....png` in the first run's parent folder (a short name for many runs), with
+    -2, -3, ... added when that file exists: a default never replaces anything."""
     paths = [Path(p) for p in run_dirs]
     names = [p.resolve().name for p in paths]
     stem = "compare-" + "-".join(names)
     if len(stem) > 120:
         stem = f"compare-{names[0]}-and-{len(names) - 1}-more"
-    return paths[0].resolve().parent / f"{stem}.png"
+    folder = paths[0].resolve().parent
+    candidates = (folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png") for n in range(1, 10_000))
+    return next(path for path in candidates if not path.exists())
+
+
+def compare_with_plot(run_dirs: list[str | Path], out: str | Path | None = None, force: bool = False) -> dict:
+    """`compare`, plus its overlaid learning curves written to `out` (checked) or the default path."""
+    if len(run_dirs) < 2:
+        raise RunError("compare needs at least two run directories")
+    destination = rundir.check_output(out, force=force) if out is not None else default_plot_path(run_dirs)
+    if destination.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise RunError(f"{destination}: the plot file must end in .png, .svg or .pdf")
+    result = compare(run_dirs)
+    from cnnctl.plots import compare_curves
+
+    try:
+        compare_curves(result["runs"], destination)
+    except OSError as exc:
+        raise RunError(f"{destination}: cannot write the plot: {exc.strerror}") from None
+    result["plot"] = str(destination)
+    return result

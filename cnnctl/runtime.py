@@ -193,9 +193,12 @@ def patch_keras_for_multi_worker() -> None:
 
 def describe(runtime_plan: Plan, strategy) -> dict:
     """What a run's manifest records of where and how it ran."""
+    import os
     import platform
+    import socket
 
     return dict(python=platform.python_version(), platform=platform.platform(), **versions(),
+                pid=os.getpid(), host=socket.gethostname(),
                 device=runtime_plan.device, device_reason=runtime_plan.device_reason,
                 precision=runtime_plan.precision, precision_reason=runtime_plan.precision_reason,
                 jit_compile=runtime_plan.jit_compile, distribute=runtime_plan.distribute,

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from cnnctl.layers import Layer, LayerEntry
 
 PosInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+def _no_parent_reference(name: str) -> str:
+    if ".." in name:
+        raise ValueError(f"a run name must not contain '..', got {name!r}")
+    return name
+
+
+RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+                    AfterValidator(_no_parent_reference)]  # the names rundir.check_name accepts
 
 
 class Section(BaseModel):

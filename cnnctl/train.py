@@ -1,18 +1,19 @@
 """Train a config into a run directory: runtime -> data -> model -> fit -> evaluate -> files.
 
-`run()` is the whole job and returns a `TrainResult`; it never prints. Progress reaches the caller
+`run()` is the whole job and returns a `results.TrainResult`; it never prints. Progress reaches the caller
 through the Keras callbacks it passes in, and one-line notices through `log`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +23,6 @@ from cnnctl.config import smoke_config, to_yaml
 from cnnctl.data import Splits
 from cnnctl.errors import CnnctlError, Interrupted, TrainingFailed
 from cnnctl.schema import Config
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    status: str
-    epochs_run: int
-    best_epoch: int | None
-    wall_seconds: float
-    images_per_second: float | None
-    evaluation: dict | None
-    history: dict
-    expect: list[dict] = field(default_factory=list)
-    message: str | None = None
-    warnings: list[str] = field(default_factory=list)  # problems that did not fail the run (plots)
 
 
 @dataclass
@@ -64,7 +50,7 @@ class RunContext:
 def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None = None,
         data_dir: str | Path | None = None, smoke: bool = False, callbacks: Sequence = (),
         log: Callable[[str], None] = lambda message: None, resume_from: str | Path | None = None,
-        stop: Stop | None = None) -> TrainResult:
+        stop: Stop | None = None) -> results.TrainResult:
     """Train `config` into a new run directory (or continue `resume_from`), then evaluate it.
 
     `stop` lets the caller ask for a graceful stop, e.g. from a signal handler: the run writes a
@@ -76,18 +62,22 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
 
     policy = keras.mixed_precision.global_policy()
     started = time.perf_counter()
+    locks: list[rundir.RunLock] = []  # the run's lock, held until training and evaluation are over
     try:
         resumption = resume.prepare(config, Path(resume_from), chief=runtime.is_chief()) if resume_from else None
+        locks += [resumption.lock] if resumption and resumption.lock else []
         ctx, manifest = _start(config, resumption, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir,
-                               smoke=smoke, callbacks=callbacks, log=log, stop=stop or Stop())
+                               smoke=smoke, callbacks=callbacks, log=log, stop=stop or Stop(), locks=locks)
         return _train(ctx, manifest, started)
     finally:
+        for lock in locks:
+            lock.release()
         keras.mixed_precision.set_global_policy(policy)
 
 
 def _start(config: Config, resumption: resume.Resumption | None, *, runs_dir, run_name, data_dir, smoke, callbacks,
-           log, stop) -> tuple[RunContext, rundir.Manifest]:
-    """Runtime, data and the run directory with its manifest and config.yaml."""
+           log, stop, locks: list) -> tuple[RunContext, rundir.Manifest]:
+    """Runtime, data and the run directory (locked) with its manifest and config.yaml."""
     start_time = rundir.now()
     smoke = bool(resumption.manifest.get("smoke")) if resumption else smoke
     config = smoke_config(config) if smoke else config
@@ -95,6 +85,8 @@ def _start(config: Config, resumption: resume.Resumption | None, *, runs_dir, ru
     plan = runtime.plan(config.runtime, runtime.probe_hardware())
     log(f"device {plan.device} ({plan.device_reason}); precision {plan.precision} ({plan.precision_reason}); "
         f"XLA {'on' if plan.jit_compile else 'off'}")
+    for note in resumption.notes if resumption else ():
+        log(f"note: {note}")
     strategy = runtime.apply(plan, config.seed)
     chief = runtime.is_chief()
     if resumption:
@@ -109,26 +101,34 @@ def _start(config: Config, resumption: resume.Resumption | None, *, runs_dir, ru
                                                   plan.distribute)
     if not chief:
         run_dir = Path(tempfile.mkdtemp(prefix="cnnctl-worker-"))
+    elif resumption:
+        run_dir = resumption.run_dir
     else:
-        run_dir = resumption.run_dir if resumption else rundir.create(runs_dir, name)
+        run_dir = rundir.create(runs_dir, name)
+        locks.append(rundir.lock(run_dir, "train"))
     manifest = rundir.Manifest(run_dir, dict(resumption.manifest) if resumption and chief else {})
     fields = dict(status="running", **runtime.describe(plan, strategy), steps_per_execution=spe,
                   steps_per_execution_reason=spe_reason, end_time=None)
-    if resumption is None:
-        manifest.update(cnnctl=__version__, name=run_dir.name, config_name=config.name, smoke=smoke,
-                        command=sys.argv, seed=config.seed, deterministic=config.runtime.deterministic,
-                        dataset=splits.identity, class_names=splits.class_names, start_time=start_time,
-                        wall_seconds=None, **fields)
-    else:
-        resumes = [*manifest.data.get("resumes", []), {"time": start_time, "from_epoch": state.epoch,
-                                                       "from_step": state.step, "command": sys.argv,
-                                                       "changed": resumption.changes}]
-        manifest.update(resumes=resumes, **fields)
-    files.write_text(run_dir / rundir.CONFIG, to_yaml(config))
+    entry = {"time": start_time, "command": sys.argv, "notes": list(resumption.notes)} if resumption else None
+    try:
+        if state is None:  # a new run, or one that stopped before its first checkpoint and starts again
+            manifest.begin(dict(fields, cnnctl=__version__, name=run_dir.name, config_name=config.name, smoke=smoke,
+                                command=sys.argv, seed=config.seed, deterministic=config.runtime.deterministic,
+                                dataset=splits.identity, class_names=splits.class_names, start_time=start_time,
+                                wall_seconds=None), restart=entry)
+        else:
+            manifest.resumed(dict(entry, from_epoch=state.epoch, from_step=state.step, changed=resumption.changes),
+                             fields)
+        files.write_text(run_dir / rundir.CONFIG, to_yaml(config))
+    except OSError as exc:
+        error = files.write_error(exc, run_dir, "setting up the run directory")
+        with contextlib.suppress(OSError):
+            manifest.update(status="failed", error=error.message)
+        raise error from None
     return RunContext(config, splits, plan, strategy, spe, run_dir, chief, smoke, stop, state, log, callbacks), manifest
 
 
-def _train(ctx: RunContext, manifest: rundir.Manifest, started: float) -> TrainResult:
+def _train(ctx: RunContext, manifest: rundir.Manifest, started: float) -> results.TrainResult:
     """Fit and evaluate, keeping the manifest's status true whatever happens."""
     elapsed_before = float(manifest.data.get("wall_seconds") or 0.0) if ctx.state is not None else 0.0
 
@@ -218,7 +218,7 @@ def _fit(ctx: RunContext):
     return model, checkpoint
 
 
-def _evaluate(ctx: RunContext, model, checkpoint) -> TrainResult:
+def _evaluate(ctx: RunContext, model, checkpoint) -> results.TrainResult:
     """history.json, then the best checkpoint's evaluation, eval.json and plots (chief only)."""
     from cnnctl.callbacks import nan_where
     from cnnctl.model import load_model
@@ -234,7 +234,7 @@ def _evaluate(ctx: RunContext, model, checkpoint) -> TrainResult:
         message = f"loss became NaN at {nan_where(*stop.where, ctx.steps_per_execution)}; the last good checkpoint is kept"
         ctx.log(message)
     elif stop.reason == "interrupt":
-        return TrainResult(run_dir, "interrupted", epochs_run, checkpoint.best_epoch, 0.0, None, None, hist)
+        return results.TrainResult(run_dir, "interrupted", epochs_run, checkpoint.best_epoch, 0.0, None, None, hist)
     elif ctx.chief and (run_dir / rundir.BEST).exists():
         report = results.evaluate_model(load_model(run_dir / rundir.BEST), splits.x_test, splits.y_test,
                                         splits.class_names, batch_size=train.batch_size, top_k=train.top_k)
@@ -243,6 +243,6 @@ def _evaluate(ctx: RunContext, model, checkpoint) -> TrainResult:
         warnings = results.write_evaluation(run_dir, report, splits.x_test, ctx.log)
     images = history.steady_images_per_second(hist, len(splits.x_train))
     expect = results.check_expectations(ctx.config, report, hist, model.count_params(), ctx.smoke)
-    return TrainResult(run_dir, status, epochs_run, checkpoint.best_epoch, 0.0, images, report, hist, expect,
+    return results.TrainResult(run_dir, status, epochs_run, checkpoint.best_epoch, 0.0, images, report, hist, expect,
                        message, warnings=warnings)
 

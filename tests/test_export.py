@@ -139,6 +139,7 @@ def damage(run_dir):
 def test_a_damaged_export_is_caught_and_nothing_is_left(cli, runs, tmp_path, monkeypatch, format):
     run = runs["float32"]
     monkeypatch.setattr(export, "before_verify", damage(run))
+    monkeypatch.chdir(tmp_path)  # cnnctl creates a missing folder only inside the current directory
     out = tmp_path / "out" / EXTENSIONS[format]
     result = cli("export", run, "--format", format, "--out", out)
     assert result.exit_code == 1, result.output

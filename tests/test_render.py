@@ -13,9 +13,9 @@ from rich.console import Console
 
 from cnnctl import render
 from cnnctl.export import ExportResult
+from cnnctl.results import TrainResult
 from cnnctl.runs import MISSING
 from cnnctl.runtime import Gpu, Hardware, Plan
-from cnnctl.train import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
 

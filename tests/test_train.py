@@ -23,7 +23,7 @@ SYNTHETIC = tiny_config(
     runtime={"precision": "float32"}, expect={"params": 343})
 
 RUN_FILES = {"config.yaml", "summary.txt", "manifest.json", "metrics.csv", "history.json", "eval.json",
-             "checkpoints", "tensorboard", "plots"}
+             "checkpoints", "tensorboard", "plots", ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_evaluate_rewrites_only_eval_json(trained, runner):
     assert "Confusion matrix" in result.output and "Per class" in result.output
     after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "plots" not in p.parts}
     changed = {p.name for p in before if before[p] != after.get(p)}
-    assert changed == {"eval.json"}
+    assert changed == {"eval.json", ".lock"}  # .lock: evaluate held the run's lock while writing
 
 
 def test_evaluate_out_writes_elsewhere_and_json(trained, runner, tmp_path):
