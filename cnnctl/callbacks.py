@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cnnctl import history, resume, rundir
+from cnnctl import files, history, resume, rundir
 from cnnctl.errors import TrainingFailed
 from cnnctl.files import atomic_path
 from cnnctl.schema import CallbacksConfig, TrainConfig
@@ -119,7 +119,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         except OSError as exc:  # a full disk fails the run with a message, not an OSError from inside fit
             reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
             kept = f"the previous {name} is kept" if target.exists() else f"no {name} was written"
-            raise TrainingFailed(f"cannot write checkpoints/{name} ({reason}); {kept}") from exc
+            space = files.free_space(self.directory) if exc.errno == errno.ENOSPC else ""
+            raise TrainingFailed(f"cannot write checkpoints/{name} ({reason}); {kept}{space.replace(',', ';', 1)}") \
+                from exc
 
     def on_epoch_end(self, epoch, logs=None):
         if self.stop.partial:
