@@ -203,7 +203,16 @@ def test_the_lock_of_a_killed_process_is_taken_over_and_runs_shows_it_killed(run
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cnnctl import rundir; "
                                f"rundir.lock({str(run)!r}, 'train'); print('locked', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        held_then_killed(run, cli, holder)
+    finally:
+        holder.kill()
+    with rundir.lock(run, "test"):
+        pass
+
+
+def held_then_killed(run: Path, cli, holder: subprocess.Popen) -> None:
     manifest = json.loads((run / "manifest.json").read_text())
     manifest.update(status="running", pid=holder.pid)
     (run / "manifest.json").write_text(json.dumps(manifest))
@@ -213,8 +222,6 @@ def test_the_lock_of_a_killed_process_is_taken_over_and_runs_shows_it_killed(run
     holder.wait()
     assert rundir.owner_alive(run) is False
     assert json.loads(cli("runs", "--runs-dir", run.parent, "--json").output)[0]["status"] == "killed"
-    with rundir.lock(run, "test"):
-        pass
 
 
 def test_a_run_without_a_lock_file_is_judged_by_its_pid(run, cli):
