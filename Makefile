@@ -37,6 +37,10 @@ smoke:
 			|| { cat $(SMOKE_DIR).log; echo "smoke FAILED: $$config"; exit 1; }; \
 		echo "smoke ok: $$config ($$(( $$(date +%s) - start )) s)"; \
 	done
+	@start=$$(date +%s); \
+	$(BIN)/cnnctl tune configs/mnist_tune.yaml --smoke --runs-dir $(SMOKE_DIR) > $(SMOKE_DIR).log 2>&1 \
+		|| { cat $(SMOKE_DIR).log; echo "smoke FAILED: cnnctl tune configs/mnist_tune.yaml --smoke"; exit 1; }; \
+	echo "smoke ok: cnnctl tune configs/mnist_tune.yaml --smoke ($$(( $$(date +%s) - start )) s)"
 
 bench:
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

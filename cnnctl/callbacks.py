@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -267,3 +268,22 @@ def for_run(run_dir: Path, train: TrainConfig, stop: Stop, state: resume.ResumeS
         *extra,
     ]
     return callbacks, checkpoint, nan_guard
+
+
+class Reporter(keras.callbacks.Callback):
+    """Reports `metric` to an Optuna trial after each epoch and stops training when the trial's
+    pruner says so (`pruned` is then the epoch); the run itself ends normally, with its files."""
+
+    def __init__(self, trial, metric: str):
+        super().__init__()
+        self.trial, self.metric = trial, metric
+        self.pruned: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.metric)
+        if value is None or not math.isfinite(float(value)):
+            return
+        self.trial.report(float(value), epoch + 1)
+        if self.trial.should_prune():
+            self.pruned = epoch + 1
+            self.model.stop_training = True

@@ -48,21 +48,9 @@ RunArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=Fa
 
 
 def _quiet_tensorflow() -> None:
-    """Import TensorFlow without the C++ start-up chatter it writes to fd 2 before logging is set up."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if "tensorflow" in sys.modules or _state["debug"]:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    from cnnctl.runtime import import_quietly
+
+    import_quietly(show=_state["debug"])
 
 
 @contextlib.contextmanager
@@ -76,7 +64,7 @@ def _errors():
             raise
         for line in exc.message.splitlines():
             err.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, markup=True)
-        hint = f"resume with: cnnctl train --resume {exc.run_dir}" if isinstance(exc, Interrupted) else exc.hint
+        hint = exc.hint or (f"resume with: cnnctl train --resume {exc.run_dir}" if isinstance(exc, Interrupted) else None)
         if hint:
             err.print(f"hint: {hint}", highlight=False, markup=False)
         raise typer.Exit(exc.exit_code) from None
@@ -176,28 +164,22 @@ def train(
             raise CnnctlError("--quiet and --json cannot be combined")
         if (config is None) == (resume is None):
             raise CnnctlError("give a CONFIG to start a run, or --resume RUN_DIR to continue one (not both)")
-        if resume is not None:
-            if run_name or smoke:
-                raise CnnctlError("--run-name and --smoke do not apply to --resume (the run keeps its own)")
-            from cnnctl import rundir
+        if resume is not None and (run_name or smoke):
+            raise CnnctlError("--run-name and --smoke do not apply to --resume (the run keeps its own)")
+        from cnnctl import rundir
+        from cnnctl.data import check_available
 
-            cfg = _load(rundir.resolve(resume) / rundir.CONFIG, set_)
-        else:
-            cfg = _load(config, set_)
-            from cnnctl import rundir
-            from cnnctl.data import check_available
-
+        cfg = _load(rundir.resolve(resume) / rundir.CONFIG if resume is not None else config, set_)
+        if resume is None:
             rundir.check_name(run_name if run_name is not None else cfg.name)
             if not smoke:
                 check_available(cfg.data, data_dir)  # missing data: say so before TensorFlow starts
         _quiet_tensorflow()
         from cnnctl import train as training
-        from cnnctl.callbacks import Stop
 
-        stop = Stop()
+        stop = _install_stop_handlers()
         shown = [render.progress_display(out, stop, as_json=json_, quiet=quiet)]
         log = functools.partial(render.plain, console=err if json_ else out)  # JSON keeps stdout for itself
-        _install_stop_handlers(stop)
         result = training.run(cfg, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir, smoke=smoke,
                               callbacks=shown, log=log, resume_from=resume, stop=stop)
         render.train_result(result, out, as_json=json_)
@@ -205,9 +187,14 @@ def train(
             raise typer.Exit(1)
 
 
-def _install_stop_handlers(stop) -> None:
-    """First SIGINT/SIGTERM: stop after the current step with a checkpoint. Second: exit at once."""
+def _install_stop_handlers():
+    """A Stop that the first SIGINT/SIGTERM requests (training stops after the current step with a
+    checkpoint); the second exits at once."""
     import signal
+
+    from cnnctl.callbacks import Stop
+
+    stop = Stop()
 
     def handle(signum, frame):
         if stop.reason:
@@ -218,6 +205,44 @@ def _install_stop_handlers(stop) -> None:
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+    return stop
+
+
+@app.command()
+def tune(
+    config: Annotated[Optional[Path], typer.Argument(help="Experiment YAML with a tune section.", show_default=False)] = None,
+    set_: SetOpt = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Finished trials to reach.")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, help="Start no trial after MIN minutes.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes here.")] = 1,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Study database, e.g. postgresql://h/db")] = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this study directory.")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="2 tiny trials on synthetic data.")] = False,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Search hyperparameters with Optuna: one ordinary run per trial, resumable, on one machine or many."""
+    with _errors():
+        if (config is None) == (resume is None):
+            raise CnnctlError("give a CONFIG to start or continue its study, or --resume STUDY_DIR (not both)")
+        from cnnctl import tune as tuning
+
+        study = tuning.start(config, resume_dir=resume, overrides=set_ or [], trials=trials, runs_dir=runs_dir,
+                             storage=storage, smoke=smoke)
+        _quiet_tensorflow()
+        log = (lambda m: err.print(m, highlight=False, markup=False)) if json_ else \
+            (lambda m: None if m.startswith("device ") else render.plain(m, out))
+        stop = _install_stop_handlers()
+        shown = None if json_ else lambda t: render.trial_line(tuning.trial_row(t), study.tune.metric, out)
+        try:
+            code = tuning.run(study, workers=1 if worker else workers, timeout_minutes=timeout, log=log, stop=stop,
+                              on_trial=shown)
+        finally:
+            if not worker and sys.exc_info()[0] in (None, Interrupted):  # what is done, also after Ctrl-C
+                render.study(tuning.summarize(study), out, as_json=json_)
+        if code:
+            raise typer.Exit(code)
 
 
 @app.command()

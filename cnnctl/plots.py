@@ -8,6 +8,7 @@ imported inside the functions.
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -205,3 +206,71 @@ def compare_curves(rows: list[dict], path: Path) -> Path:
             ax.legend(fontsize=7)
     figure.suptitle("compare: " + ", ".join(row["name"] for row in rows))
     return _save(figure, path)
+
+
+# ---------------------------------------------------------------- a study (cnnctl tune)
+
+
+def study_plots(rows: list[dict], keys: list[str], metric: str, direction: str, importances: dict[str, float],
+                folder: Path) -> list[Path]:
+    """plots/optimization_history.png (each trial's value and the best so far), param_importances.png
+    (Optuna's fANOVA importances) and slice.png (the value against each searched key)."""
+    done = [r for r in rows if r["value"] is not None and r["state"] in ("complete", "pruned")]
+    better = max if direction == "maximize" else min
+    figure = _figure(7.0, 3.8)
+    ax = figure.subplots()
+    for state, marker, colour in (("complete", "o", "C0"), ("pruned", "x", "C3")):
+        points = [(r["number"], r["value"]) for r in done if r["state"] == state]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker, color=colour, label=state, markersize=5, linestyle="")
+    complete = [r for r in done if r["state"] == "complete"]
+    if complete:
+        best, line = None, []
+        for r in complete:
+            best = r["value"] if best is None else better(best, r["value"])
+            line.append((r["number"], best))
+        ax.step(*zip(*line, strict=True), where="post", color="C2", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    figure.suptitle(f"optimization history ({direction} {metric})")
+    written = [_save(figure, folder / "optimization_history.png")]
+
+    figure = _figure(7.0, 0.5 * max(2, len(keys)) + 1.5)
+    ax = figure.subplots()
+    names = sorted(importances, key=importances.get) if importances else []
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    if not names:
+        ax.text(0.5, 0.5, "needs at least two finished trials that differ", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("importance (fANOVA, normalised)")
+    figure.suptitle(f"parameter importances for {metric}")
+    written.append(_save(figure, folder / "param_importances.png"))
+
+    figure = _figure(3.6 * max(1, len(keys)), 3.4)
+    axes = figure.subplots(1, max(1, len(keys)), squeeze=False)[0]
+    for ax, key in zip(axes, keys, strict=False):
+        points = [(r["params"].get(key), r["value"]) for r in done if key in r["params"]]
+        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x, _ in points)
+        xs = [x if numeric else json.dumps(x) for x, _ in points]
+        ax.scatter(xs, [v for _, v in points], c=[r["number"] for r in done if key in r["params"]], cmap="viridis",
+                   s=18)
+        if numeric and points and min(xs) > 0 and max(xs) / min(xs) > 50:
+            ax.set_xscale("log")
+        ax.set_title(key, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric)
+    figure.suptitle("slice: the value against each searched key (colour: trial number)")
+    written.append(_save(figure, folder / "slice.png"))
+    return written
+
+
+def try_study_plots(*args) -> list[str]:
+    """study_plots; a plot that cannot be drawn is a warning, never a failed study."""
+    try:
+        study_plots(*args)
+    except Exception as exc:  # noqa: BLE001 - any failure to draw is reported, never raised
+        return [f"plots not written: {type(exc).__name__}: {exc}"]
+    return []

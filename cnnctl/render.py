@@ -266,3 +266,49 @@ def export_result(result, console: Console) -> None:
     if float32_copy:
         plain(f"           against the model as trained in {result.precision}: {result.trained_difference:.3g} "
               f"(tolerance {result.trained_tolerance:g})", console)
+
+
+# ---------------------------------------------------------------- tune
+
+
+def _params(params: dict) -> str:
+    return "  ".join(f"{key.rsplit('.', 1)[-1]}={number(v, '.3g') if isinstance(v, float) else json.dumps(v)}"
+                     for key, v in params.items())
+
+
+def trial_line(trial: dict, metric: str, console: Console) -> None:
+    """One finished trial, as a study runs: `trial 3  complete  val_accuracy 0.9812  lr=0.0031 ...  45.2 s`."""
+    value = "-" if trial["value"] is None else f"{trial['value']:.4f}"
+    plain(f"trial {trial['number']:<4} {trial['state']:<9} {metric} {value}  {_params(trial['params'])}  "
+          f"{duration(trial['seconds'])}", console)
+
+
+def study(summary: dict, console: Console, *, as_json: bool = False) -> None:
+    """The trials of a study, best first among the complete ones, and where its reports are."""
+    if as_json:
+        print_json(summary, console)
+        return
+    rank = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "fail": 4}
+    reverse = summary["direction"] == "maximize"
+    rows = sorted(summary["trials"], key=lambda r: (rank.get(r["state"], 5),
+                                                    -(r["value"] or 0) if reverse else (r["value"] or 0), r["number"]))
+    keys = list(dict.fromkeys(k for r in rows for k in r["params"]))
+    grid = Table(title=f"Study {summary['study']}: {summary['finished']} of {summary['target']} trials finished "
+                       f"({summary['direction']} {summary['metric']})", title_justify="left")
+    for column in ("trial", "state", summary["metric"], *keys, "epochs", "time"):
+        grid.add_column(column, justify="left" if column == "state" else "right", overflow="fold")
+    for r in rows:
+        grid.add_row(str(r["number"]), r["state"], number(r["value"]),
+                     *[number(r["params"][k], ".3g") if isinstance(r["params"].get(k), float)
+                       else json.dumps(r["params"].get(k, "-")) for k in keys],
+                     "-" if r["epochs"] is None else str(r["epochs"]), duration(r["seconds"]))
+    table(grid, console)
+    best = summary["best"]
+    if best:
+        plain(f"best       trial {best['number']}: {summary['metric']} {best['value']:.4f}  {_params(best['params'])}",
+              console)
+        plain(f"           {best['run_dir']}", console)
+        plain(f"best.yaml  {best['config']}  (cnnctl train {best['config']})", console)
+    plain(f"reports    {summary['study']}/trials.csv, {summary['study']}/plots/", console)
+    for warning in summary["warnings"]:
+        plain(f"warning: {warning}", console)

@@ -205,6 +205,28 @@ def describe(runtime_plan: Plan, strategy) -> dict:
                 strategy=type(strategy).__name__, replicas=strategy.num_replicas_in_sync)
 
 
+def import_quietly(show: bool = False) -> None:
+    """Import TensorFlow without the C++ start-up chatter it writes to fd 2 before logging is set up
+    (`show`: let it through, for --debug)."""
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if "tensorflow" in sys.modules or show:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def build_for_multi_worker(model, batch) -> None:
     """Build model, loss and metrics from one plain `batch` before fit under MultiWorkerMirroredStrategy.
 

@@ -215,7 +215,8 @@ class TrainConfig(Section):
             for path, cb in (("callbacks.early_stopping", self.callbacks.early_stopping),
                              ("callbacks.reduce_lr_on_plateau", self.callbacks.reduce_lr_on_plateau)):
                 if cb is not None and cb.monitor.startswith("val_"):
-                    raise ValueError(f"{path} monitors {cb.monitor!r} but validation is 'none'")
+                    shown = repr(cb.monitor) if len(cb.monitor) <= 100 else f"{cb.monitor[:100]!r}…"
+                    raise ValueError(f"{path} monitors {shown} but validation is 'none'")
         return self
 
 
@@ -253,6 +254,74 @@ class ExpectConfig(Section):
     """Where the figures were published."""
 
 
+# ---------------------------------------------------------------- tune
+
+
+Scalar = bool | int | float | str | None
+
+
+class Dimension(Section):
+    """One searched config value: exactly one of uniform, log_uniform, int, choice."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, populate_by_name=True)
+
+    uniform: tuple[float, float] | None = None
+    """[low, high]: a float drawn uniformly."""
+    log_uniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    """[low, high], both > 0: a float drawn uniformly on a log scale (learning rates)."""
+    integer: tuple[int, int] | None = Field(None, alias="int")
+    """[low, high]: an integer (both ends included); `step` spaces them."""
+    step: Annotated[float, Field(gt=0)] | None = None
+    """For int and uniform: only values low, low + step, ... (an int's step must be whole)."""
+    choice: Annotated[list[Scalar | list[Scalar]], Field(min_length=1, max_length=1000)] | None = None
+    """The values to choose from (numbers, strings, booleans, or lists such as a kernel size)."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Dimension:
+        kinds = [k for k in ("uniform", "log_uniform", "integer", "choice") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            given = ", ".join("int" if k == "integer" else k for k in kinds) or "none"
+            raise ValueError(f"give exactly one of uniform, log_uniform, int, choice (given: {given})")
+        bounds = getattr(self, kinds[0])
+        if kinds[0] != "choice" and not bounds[0] < bounds[1]:
+            raise ValueError(f"low must be below high, got {list(bounds)}")
+        if self.step is not None and kinds[0] not in ("uniform", "integer"):
+            raise ValueError("step applies to int and uniform only")
+        if self.step is not None and kinds[0] == "integer" and self.step != int(self.step):
+            raise ValueError(f"an int's step must be a whole number, got {self.step}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("uniform", "log_uniform", "integer", "choice") if getattr(self, k) is not None)
+
+    def extremes(self) -> list:
+        """The values that bound what this dimension can propose (checked before the first trial)."""
+        if self.choice is not None:
+            return list(self.choice)
+        low, high = getattr(self, self.kind)
+        if self.kind == "integer" and self.step:
+            high = low + (high - low) // int(self.step) * int(self.step)
+        return [low, high]
+
+
+class TuneConfig(Section):
+    metric: str = "val_accuracy"
+    """What the search optimises: a column of metrics.csv (val_accuracy, val_loss, ...; its best epoch), or test_accuracy / test_loss."""
+    direction: Literal["auto", "maximize", "minimize"] = "auto"
+    """auto: maximize accuracies and F1, minimize losses."""
+    trials: Annotated[int, Field(gt=0, le=100_000)] = 20
+    """Completed or pruned trials the study runs to (failed trials are retried and do not count)."""
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    """Seed of the sampler (default: the config's seed); with one worker the same trials are proposed."""
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    """tpe (Optuna's default), random, or grid (every dimension a choice or a stepped int)."""
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    """Stop unpromising trials early from the per-epoch metric (none: every trial runs all epochs)."""
+    space: Annotated[dict[str, Dimension], Field(min_length=1, max_length=100)]
+    """Dotted config keys, as --set takes them, mapped to their ranges: {train.optimizer.learning_rate: {log_uniform: [1e-4, 1e-1]}}."""
+
+
 class Config(Section):
     """A cnnctl experiment."""
 
@@ -266,6 +335,8 @@ class Config(Section):
     train: TrainConfig
     runtime: RuntimeConfig = RuntimeConfig()
     expect: ExpectConfig | None = None
+    tune: TuneConfig | None = None
+    """The search space of `cnnctl tune` (ignored by `cnnctl train`)."""
 
 
 def json_schema() -> dict:

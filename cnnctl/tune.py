@@ -1,0 +1,439 @@
+"""`cnnctl tune`: a hyperparameter search with Optuna over the config's `tune.space`.
+
+A study directory (`runs/<name>-tune`) holds the experiment (config.yaml), what the study was
+created with (study.json), the Optuna study (study.db, SQLite, unless --storage names another
+database, e.g. PostgreSQL shared by several machines), one ordinary run directory per trial under
+trials/, and the reports: trials.csv, best.yaml and plots/. Optuna is the search engine and the
+distributed store; cnnctl adds the config, the run directories and the guarantees:
+
+* heartbeats: a trial whose process died (SIGKILL, a crashed machine) is marked failed once its
+  heartbeat is stale and is retried with the same values under a new trial number;
+* the study runs to `tune.trials` completed or pruned trials, however many workers share it: a
+  worker starts a trial only while the finished trials plus the live ones ahead of it are short of
+  that number;
+* a study remembers its space, seed, metric and cnnctl version, and refuses to continue with others.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from cnnctl import __version__, files, history, rundir, space
+from cnnctl.config import Source, load_config, read_config_file, to_yaml
+from cnnctl.errors import CnnctlError, ConfigError, Interrupted
+from cnnctl.schema import Config, TuneConfig
+
+STUDY = "study.json"
+DATABASE = "study.db"
+TRIALS = "trials"
+HEARTBEAT_SECONDS = 2  # a live worker's trial refreshes its heartbeat this often
+GRACE_SECONDS = 10  # a RUNNING trial whose heartbeat is older is failed (and retried)
+MAX_RETRIES = 3
+
+
+class TuneError(CnnctlError):
+    """A study that cannot be created or continued as asked."""
+
+
+@dataclass
+class Study:
+    """A study directory and what its workers need."""
+
+    directory: Path
+    config: Config  # the experiment, with its tune section
+    raw: dict  # the same as a mapping: trial configs are made from it
+    storage_url: str
+    name: str  # the Optuna study name
+    smoke: bool = False
+
+    @property
+    def tune(self) -> TuneConfig:
+        return self.config.tune
+
+    @property
+    def direction(self) -> str:
+        if self.tune.direction != "auto":
+            return self.tune.direction
+        return "maximize" if history.higher_is_better(self.tune.metric) else "minimize"
+
+    def record(self) -> dict:
+        """What the study is, stored in study.json and in the Optuna study's attributes."""
+        return {"space": space.describe(self.tune.space), "seed": self.seed, "metric": self.tune.metric,
+                "direction": self.direction, "sampler": self.tune.sampler, "pruner": self.tune.pruner,
+                "smoke": self.smoke}
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed if self.tune.seed is None else self.tune.seed
+
+
+def load_experiment(path: Path, overrides: list[str]) -> tuple[Config, dict]:
+    """The experiment config (with a tune section, its space checked) and its resolved mapping."""
+    config = load_config(path, overrides)
+    raw, source = read_config_file(path)
+    if config.tune is None:
+        raise ConfigError(f"{source.locate(())}: no tune section: add `tune: {{metric: val_accuracy, trials: 12, "
+                          "space: {train.optimizer.learning_rate: {log_uniform: [1.0e-4, 1.0e-1]}}}}`")
+    if config.tune.metric.startswith("val_") and config.train.validation == "none":
+        raise ConfigError(f"{source.locate(('tune', 'metric'))}: tune.metric: {config.tune.metric} needs "
+                          "validation; set train.validation to split or test")
+    resolved = yaml.safe_load(to_yaml(config))
+    space.check(config, resolved, _located(source, overrides))
+    return config, resolved
+
+
+def _located(source: Source, overrides: list[str]) -> Source:
+    """The file's source with the --set overrides marked, so problems in them point at the --set."""
+    from cnnctl.config import apply_overrides
+
+    raw, _ = read_config_file(source.name)
+    apply_overrides(raw, overrides, source)
+    return source
+
+
+EXPERIMENT = "experiment.yaml"  # not config.yaml: a study directory is not a run directory
+
+
+def open_directory(config: Config, raw: dict, *, runs_dir: Path | None = None, directory: Path | None = None,
+                   storage: str | None = None, smoke: bool = False) -> Study:
+    """The study directory `directory`, or `runs/<name>-tune`: created with study.json and the experiment,
+    or (when it exists) continued with the storage it was created with."""
+    directory = Path(directory) if directory is not None else Path(runs_dir) / f"{config.name}-tune"
+    if (directory / STUDY).is_file():
+        import os
+
+        saved = _read_study_json(directory)
+        hidden = directory / ".storage"
+        url = storage or os.environ.get("CNNCTL_TUNE_STORAGE") or \
+            (hidden.read_text().strip() if hidden.is_file() else saved["storage"])
+        study = Study(directory, config, raw, url, name=saved.get("study_name", config.name), smoke=smoke)
+        return study
+    if directory.exists() and any(directory.iterdir()):
+        raise TuneError(f"{directory}: exists and is not a study directory (no {STUDY}); choose another name")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuneError(f"{directory}: cannot create the study directory: {exc.strerror}") from None
+    url = storage or f"sqlite:///{(directory / DATABASE).resolve()}"
+    study = Study(directory, config, raw, url, name=config.name, smoke=smoke)
+    files.write_text(directory / EXPERIMENT, to_yaml(config))
+    files.write_text(directory / ".storage", url)  # the full URL (a password too) stays out of study.json
+    (directory / ".storage").chmod(0o600)
+    files.write_json(directory / STUDY, dict(study.record(), storage=_safe_url(url), study_name=study.name,
+                                             cnnctl=__version__, created=rundir.now()))
+    return study
+
+
+def _read_study_json(directory: Path) -> dict:
+    if not (directory / STUDY).is_file():
+        raise TuneError(f"{directory}: not a study directory (no {STUDY})")
+    return rundir.read_json(directory / STUDY)
+
+
+def _safe_url(url: str) -> str:
+    """The storage URL without a password."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _storage(url: str):
+    import optuna
+
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else
+        {"connect_args": {"timeout": 60}},
+        heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+
+
+def _sampler(study: Study):
+    import optuna
+
+    if study.tune.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(study.tune.space), seed=study.seed)
+    if study.tune.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=study.seed)
+    return optuna.samplers.TPESampler(seed=study.seed, n_startup_trials=min(10, max(2, study.tune.trials // 3)))
+
+
+def _pruner(study: Study):
+    import optuna
+
+    return {"none": optuna.pruners.NopPruner, "median": lambda: optuna.pruners.MedianPruner(n_warmup_steps=1),
+            "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+            "hyperband": optuna.pruners.HyperbandPruner}[study.tune.pruner]()
+
+
+def open_study(study: Study):
+    """The Optuna study, created or loaded; one with another space, seed or metric is refused."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats and their retry callback are "experimental" in Optuna's words: they are what we rely on
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="optuna")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="cnnctl")
+    try:
+        opened = optuna.create_study(storage=_storage(study.storage_url), sampler=_sampler(study),
+                                     pruner=_pruner(study), study_name=study.name, direction=study.direction,
+                                     load_if_exists=True)
+    except Exception as exc:  # noqa: BLE001 - a database that cannot be reached or read, in any driver's words
+        raise TuneError(f"{_safe_url(study.storage_url)}: cannot open the study: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:300]}") from None
+    wanted, stored = json.loads(json.dumps(study.record())), opened.user_attrs.get("cnnctl")
+    if stored is None:
+        opened.set_user_attr("cnnctl", dict(wanted, version=__version__))
+    else:
+        changed = [key for key in wanted if stored.get(key) != wanted[key]]
+        if changed:
+            what = "; ".join(f"{key}: was {json.dumps(stored.get(key))[:200]}, now {json.dumps(wanted[key])[:200]}"
+                             for key in changed)
+            raise TuneError(f"study {study.name!r} in {_safe_url(study.storage_url)} was created with another "
+                            f"{', '.join(changed)} ({what})",
+                            hint="start a new study (another config name, or a new study directory)")
+    return opened
+
+
+def finished(trials) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+class _Skip(Exception):
+    """This worker's trial is not needed: enough trials are done or running ahead of it."""
+
+
+def _wait_for_a_place(optuna_study, trial, target: int, stop) -> None:
+    """Start only while finished + live trials ahead of this one are fewer than `target`; trials of
+    dead workers become failed (and are retried) once their heartbeat is stale."""
+    import optuna
+    from optuna.trial import TrialState
+
+    while True:
+        optuna.storages.fail_stale_trials(optuna_study)
+        trials = optuna_study.get_trials(deepcopy=False)
+        done = finished(trials)
+        ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+        if done >= target or stop.reason:
+            trial.set_user_attr("skipped", "enough trials were done or running")
+            optuna_study.stop()
+            raise _Skip
+        if done + ahead < target:
+            return
+        time.sleep(HEARTBEAT_SECONDS)
+
+
+def objective_value(study: Study, result) -> float:
+    """The trial's value: the metric at its best epoch (or the test metric of its best checkpoint)."""
+    metric = study.tune.metric
+    if metric.startswith("test_"):
+        value = (result.evaluation or {}).get(metric.removeprefix("test_"))
+    else:
+        values = [v for v in result.history.get(metric, []) if v is not None]
+        value = (max if study.direction == "maximize" else min)(values) if values else None
+    if value is None:
+        raise TuneError(f"tune.metric {metric} is not among the run's metrics "
+                        f"({', '.join(k for k in result.history if k != 'epoch')})")
+    return float(value)
+
+
+def run_worker(study: Study, *, log: Callable[[str], None] = lambda m: None, stop=None,
+               timeout_minutes: float | None = None, on_trial: Callable | None = None) -> None:
+    """Run trials of the study in this process until it has `tune.trials` finished ones."""
+    import optuna
+
+    from cnnctl.callbacks import Stop
+
+    stop = stop or Stop()
+    optuna_study = open_study(study)
+    if finished(optuna_study.get_trials(deepcopy=False)) >= study.tune.trials:
+        return
+
+    def objective(trial):
+        _wait_for_a_place(optuna_study, trial, study.tune.trials, stop)
+        return _run_trial(study, optuna_study, trial, log, stop)
+
+    callbacks = [optuna.study.MaxTrialsCallback(study.tune.trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                                           optuna.trial.TrialState.PRUNED))]
+    if on_trial is not None:
+        callbacks.append(lambda s, t: None if t.user_attrs.get("skipped") else on_trial(t))
+    optuna_study.optimize(objective, callbacks=callbacks, catch=(_Skip, ConfigError),
+                          timeout=timeout_minutes * 60 if timeout_minutes else None, gc_after_trial=True)
+
+
+def _run_trial(study: Study, optuna_study, trial, log, stop) -> float:
+    import keras
+    import optuna
+
+    from cnnctl import train
+    from cnnctl.callbacks import Reporter
+
+    params = space.suggest(trial, study.tune.space)
+    config = space.trial_config(copy.deepcopy(study.raw), params, f"trial {trial.number}")
+    reporter = Reporter(trial, study.tune.metric)
+    run_name = f"trial-{trial.number:04d}"
+    try:
+        result = train.run(config, runs_dir=study.directory / TRIALS, run_name=run_name, smoke=study.smoke,
+                           callbacks=[reporter], stop=stop, log=log)
+    except Interrupted:  # Ctrl-C: the same values are tried again when the study continues
+        optuna_study.enqueue_trial(params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        optuna_study.stop()
+        raise
+    finally:
+        keras.backend.clear_session()
+    trial.set_user_attr("run_dir", str(Path(result.run_dir).resolve()))
+    trial.set_user_attr("epochs_run", result.epochs_run)
+    if result.status != "completed":
+        raise TuneError(f"trial {trial.number}: the run {result.status}: {result.message}")
+    value = objective_value(study, result)
+    if reporter.pruned:
+        _note_in_manifest(result.run_dir, trial.number, "pruned")
+        raise optuna.TrialPruned(f"pruned after epoch {reporter.pruned}")
+    _note_in_manifest(result.run_dir, trial.number, "complete")
+    return value
+
+
+def _note_in_manifest(run_dir: Path, number: int, state: str) -> None:
+    manifest = rundir.Manifest.load(run_dir)
+    manifest.update(tune={"study": str(Path(run_dir).parent.parent), "trial": number, "state": state})
+
+
+def summarize(study: Study) -> dict:
+    """trials.csv, best.yaml (the best trial's config, ready for `cnnctl train`) and plots/; the summary."""
+    import csv
+    import io
+    import shutil
+
+    from optuna.trial import TrialState
+
+    optuna_study = open_study(study)
+    trials = [t for t in optuna_study.get_trials(deepcopy=False) if not t.user_attrs.get("skipped")]
+    keys = list(study.tune.space)
+    rows = [trial_row(t) for t in trials]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = optuna_study.best_trial if complete else None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["number", "state", study.tune.metric, *keys, "epochs", "seconds", "run_dir"])
+    for row in rows:
+        writer.writerow([row["number"], row["state"], "" if row["value"] is None else f"{row['value']:.6g}",
+                         *[json.dumps(row["params"].get(k)) if isinstance(row["params"].get(k), list)
+                           else row["params"].get(k, "") for k in keys], row["epochs"] or "", row["seconds"] or "",
+                         row["run_dir"] or ""])
+    files.write_text(study.directory / "trials.csv", buffer.getvalue())
+    summary = {"study": str(study.directory), "metric": study.tune.metric, "direction": study.direction,
+               "trials": rows, "finished": finished(trials), "target": study.tune.trials, "best": None,
+               "warnings": []}
+    if best is not None:
+        best_dir = Path(best.user_attrs["run_dir"])
+        shutil.copyfile(best_dir / rundir.CONFIG, study.directory / "best.yaml")
+        summary["best"] = {"number": best.number, "value": best.value, "run_dir": str(best_dir),
+                           "params": {k: _param(v) for k, v in best.params.items()},
+                           "config": str(study.directory / "best.yaml")}
+    from cnnctl.plots import try_study_plots
+
+    summary["warnings"] = try_study_plots(rows, keys, study.tune.metric, study.direction,
+                                          _importances(optuna_study), study.directory / "plots")
+    return summary
+
+
+def _param(value):
+    """A trial parameter as the config takes it (choices are stored as JSON text)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _importances(optuna_study) -> dict[str, float]:
+    import warnings
+
+    import optuna
+
+    try:
+        with warnings.catch_warnings():  # "importances will be equal" for a handful of trials: the plot shows it
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(optuna_study)
+    except (RuntimeError, ValueError, ZeroDivisionError):  # fewer than two finished trials, or no variation
+        return {}
+
+
+def start(config_path: Path | None, *, resume_dir: Path | None = None, overrides: list[str] = (),
+          trials: int | None = None, runs_dir: Path = Path("runs"), storage: str | None = None,
+          smoke: bool = False) -> Study:
+    """The study a `cnnctl tune` command works on: a new or existing directory for CONFIG, or --resume DIR.
+    `trials` (--trials) sets tune.trials; --smoke runs 2 trials on synthetic data."""
+    trials = 2 if smoke else trials
+    overrides = list(overrides) + ([f"tune.trials={trials}"] if trials else [])
+    if resume_dir is not None:
+        _read_study_json(Path(resume_dir))
+        config, raw = load_experiment(Path(resume_dir) / EXPERIMENT, overrides)
+        saved = rundir.read_json(Path(resume_dir) / STUDY)
+        return open_directory(config, raw, directory=resume_dir, storage=storage, smoke=bool(saved.get("smoke")))
+    config, raw = load_experiment(config_path, overrides)
+    directory = Path(runs_dir) / f"{config.name}-{'smoke-' if smoke else ''}tune"
+    return open_directory(config, raw, directory=directory, storage=storage, smoke=smoke)
+
+
+def run(study: Study, *, workers: int = 1, timeout_minutes: float | None = None,
+        log: Callable[[str], None] = lambda m: None, stop=None, on_trial: Callable | None = None) -> int:
+    """Run the study's trials: in this process, or in `workers` processes on this machine. The exit code."""
+    try:
+        if workers <= 1:
+            run_worker(study, log=log, stop=stop, timeout_minutes=timeout_minutes, on_trial=on_trial)
+            return 0
+        return run_workers(study, workers, timeout_minutes=timeout_minutes, log=log, stop=stop)
+    except Interrupted as exc:  # the interrupted trial is tried again with the same values when the study goes on
+        exc.hint = f"continue with: cnnctl tune --resume {study.directory}"
+        raise
+
+
+def run_workers(study: Study, workers: int, *, timeout_minutes: float | None, log: Callable[[str], None],
+                stop=None) -> int:
+    """`workers` processes (`cnnctl tune --resume DIR --worker`) against the study; the worst exit code.
+    A stop asked of this process (Ctrl-C, SIGTERM) is passed on to each worker, which stops cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "cnnctl", "tune", "--resume", str(study.directory), "--worker"]
+    if timeout_minutes:
+        command += ["--timeout", str(timeout_minutes)]
+    env = dict(os.environ, CNNCTL_TUNE_STORAGE=study.storage_url)
+    procs = [subprocess.Popen(command, env=env, start_new_session=True) for _ in range(workers)]
+    log(f"{workers} workers started: pids {', '.join(str(p.pid) for p in procs)}")
+    passed_on = False
+    while any(p.poll() is None for p in procs):
+        if stop is not None and stop.reason and not passed_on:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            passed_on = True
+        time.sleep(0.2)
+    codes = [p.returncode for p in procs]
+    if passed_on:
+        raise Interrupted(f"stopped by signal {stop.signal}; the workers wrote what they had done",
+                          run_dir=study.directory, signal_number=stop.signal or 2)
+    return max(codes, key=abs)
+
+
+def trial_row(trial) -> dict:
+    """A finished Optuna trial as the summary and the progress lines show it."""
+    return {"number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
+            "params": {k: _param(v) for k, v in trial.params.items()},
+            "epochs": trial.user_attrs.get("epochs_run"), "run_dir": trial.user_attrs.get("run_dir"),
+            "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
+            "retry_of": trial.user_attrs.get("retry_of") or trial.system_attrs.get("failed_trial")}
