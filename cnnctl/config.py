@@ -1,7 +1,8 @@
 """Load an experiment: YAML file -> `--set` overrides -> validated, frozen `Config`.
 
-Every problem is collected and reported at once, each located as `FILE:LINE:COL: key.path: message`
-(or `--set key.path=value: ...` for an override). No TensorFlow is imported here.
+Every problem is collected and reported at once (the first MAX_PROBLEMS, and a count of the rest), each
+located as `FILE:LINE:COL: key.path: message` (or `--set key.path=value: ...` for an override), quoting
+what the user wrote cut to about MAX_ECHO characters. No TensorFlow is imported here.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from pydantic import BaseModel, ValidationError
 from cnnctl.errors import ConfigError, ShapeError
 from cnnctl.layers import FORBIDDEN_LAYERS, LAYER_TYPES, LayerEntry, layer_names, name_problems
 from cnnctl.schema import Config
-from cnnctl.shapes import infer
+from cnnctl.shapes import check_class_scores, infer
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 32
-MAX_NODES = 100_000
+MAX_NODES = 100_000  # YAML nodes, aliases expanded
+MAX_ALIAS_CHARS = MAX_CONFIG_BYTES  # characters of scalars that aliases repeat, counted through aliases of aliases
+MAX_INT_BITS = 14_000  # about 4,200 digits: Python refuses to print an int of more than 4,300
+MAX_ECHO = 100  # characters of a value, key or override quoted in a message
+MAX_PATH = 200  # characters of a key path in a message
+MAX_MESSAGE = 1000  # characters of one problem after its location (the longest lists every layer type)
+MAX_PROBLEMS = 20  # problems listed in one error; the rest are counted
 
 Path_ = tuple[str | int, ...]
 
@@ -50,42 +57,131 @@ class Source:
         return self.name
 
 
-def printable(text: str) -> str:
+def printable(text: str, limit: int | None = MAX_ECHO) -> str:
     """User text as it is echoed in a message: line breaks and control characters escaped, so that
-    one problem stays one line and a key cannot recolour or rewrite the terminal."""
-    if text.isprintable():
+    one problem stays one line and a key cannot recolour or rewrite the terminal; cut after `limit`
+    characters (None: never), so that a 500 KB value is not repeated in full."""
+    if text.isprintable() and (limit is None or len(text) <= limit):
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    out, size = [], 0
+    for char in text:
+        piece = char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        if limit is not None and size + len(piece) > limit:
+            return "".join(out) + f"… ({len(text):,} characters)"
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+def echo(value: Any) -> str:
+    """A value the user wrote, quoted as Python would (`'relu'`, `-3`), cut to about MAX_ECHO characters."""
+    if isinstance(value, str) and len(value) > MAX_ECHO:
+        quoted = repr(value[:MAX_ECHO])
+        return f"{quoted[:-1]}…{quoted[-1]} ({len(value):,} characters)"
+    return printable(repr(value))
 
 
 def format_path(path: Path_) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{printable(str(part))}" if out else printable(str(part)))
+    if len(out) > MAX_PATH:  # keys nested 32 deep: keep where it starts and where it ends
+        out = f"{out[:MAX_PATH // 2]}…{out[-MAX_PATH // 2:]}"
     return out or "(top level)"
+
+
+def _at(name: str, mark: yaml.Mark) -> str:
+    return f"{name}:{mark.line + 1}:{mark.column + 1}"
 
 
 # ---------------------------------------------------------------- YAML
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with the limits checked while the document is composed, each located where it
+    is crossed: the nesting depth, and what aliases repeat (YAML nodes and characters of text, counted
+    through aliases of aliases), so an alias bomb is refused at its first alias too many, before
+    anything is expanded. A value PyYAML cannot convert (`!!int x`, 2024-13-45) is located too."""
+
+    def __init__(self, text: str, name: str):
+        super().__init__(text)
+        self.name = name
+        self.depth = 0
+        self.open_anchors: set[str] = set()  # anchors of the collections being composed
+        self.repeated = [0, 0]  # nodes and characters that aliases repeat
+        self.sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, characters) under it
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        where = _at(self.name, event.start_mark)
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self.open_anchors:
+                raise ConfigError(f"{where}: the alias *{printable(event.anchor)} is nested inside the value it "
+                                  "names")
+            node = super().compose_node(parent, index)
+            nodes, chars = self._size(node)
+            self.repeated[0] += nodes
+            self.repeated[1] += chars
+            if self.repeated[0] > MAX_NODES or self.repeated[1] > MAX_ALIAS_CHARS:
+                raise ConfigError(f"{where}: too large: with this alias, aliases repeat more than "
+                                  + (f"{MAX_NODES:,} YAML nodes" if self.repeated[0] > MAX_NODES
+                                     else f"{MAX_ALIAS_CHARS:,} characters of text"))
+            return node
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH + 1:  # the top-level value is depth 0
+                raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+            if event.anchor is not None:
+                self.open_anchors.add(event.anchor)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+            self.open_anchors.discard(event.anchor)
+
+    def _size(self, node: yaml.Node) -> tuple[int, int]:
+        if id(node) not in self.sizes:
+            if isinstance(node, yaml.ScalarNode):
+                self.sizes[id(node)] = (1, len(node.value))
+            else:
+                items = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+                sizes = [self._size(item) for item in items]
+                self.sizes[id(node)] = (1 + sum(n for n, _ in sizes), sum(c for _, c in sizes))
+        return self.sizes[id(node)]
+
+    def construct_object(self, node, deep=False):
+        try:
+            data = super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            why = printable(str(exc)) if isinstance(exc, ValueError) else ""
+            why = "too large" if "integer string conversion" in why else why  # not Python's advice on it
+        else:
+            if not isinstance(data, int) or data.bit_length() <= MAX_INT_BITS:
+                return data
+            why = "too large"
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        value = echo(node.value) if isinstance(node.value, str) else "this value"
+        raise ConfigError(f"{_at(self.name, node.start_mark)}: YAML error: {value} cannot be read as {tag}"
+                          + (f" ({why})" if why else ""))
+
+
 def _walk(node: yaml.Node, path: Path_, source: Source, depth: int, count: list[int]) -> None:
     count[0] += 1
     if count[0] > MAX_NODES:
-        raise ConfigError(f"{source.name}: too large: more than {MAX_NODES} YAML nodes (aliases expanded)")
-    if depth > MAX_DEPTH:
-        line, col = node.start_mark.line + 1, node.start_mark.column + 1
-        raise ConfigError(f"{source.name}:{line}:{col}: nested more than {MAX_DEPTH} levels deep")
+        raise ConfigError(f"{_at(source.name, node.start_mark)}: too large: more than {MAX_NODES:,} YAML nodes "
+                          "(aliases expanded)")
+    if depth > MAX_DEPTH:  # through an alias: the loader checked the depth of what was written
+        raise ConfigError(f"{_at(source.name, node.start_mark)}: nested more than {MAX_DEPTH} levels deep")
     source.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
-            line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+            where = _at(source.name, key_node.start_mark)
             if not isinstance(key_node, yaml.ScalarNode):  # `? [a, b]: 1`, `{[x]: 1}`
-                raise ConfigError(f"{source.name}:{line}:{col}: {format_path(path)}: a key must be plain text, "
+                raise ConfigError(f"{where}: {format_path(path)}: a key must be plain text, "
                                   f"not a {'list' if isinstance(key_node, yaml.SequenceNode) else 'mapping'}")
             key = key_node.value
             if key in seen:
-                raise ConfigError(f"{source.name}:{line}:{col}: {format_path(path + (key,))}: duplicate key")
+                raise ConfigError(f"{where}: {format_path(path + (key,))}: duplicate key")
             seen.add(key)
             source.key_marks[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             _walk(value_node, path + (key,), source, depth + 1, count)
@@ -96,13 +192,12 @@ def _walk(node: yaml.Node, path: Path_, source: Source, depth: int, count: list[
 
 def parse_yaml(text: str, name: str) -> tuple[Any, Source]:
     """Safe-load YAML text, recording the line and column of every key and value."""
-    source = Source(printable(name))
+    source = Source(printable(name, limit=None))
     name = source.name
     try:
-        loader = yaml.SafeLoader(text)  # refuses control characters here, before parsing
+        loader = _Loader(text, name)  # refuses control characters here, before parsing
     except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - text.rfind("\n", 0, exc.position)
+        line, column = _line_and_column(text, exc.position)
         raise ConfigError(f"{name}:{line}:{column}: YAML syntax error: character U+{exc.character:04X} "
                           "is not allowed in YAML") from None
     try:
@@ -113,14 +208,18 @@ def parse_yaml(text: str, name: str) -> tuple[Any, Source]:
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
-        problem = printable(exc.problem or exc.context or "invalid YAML")
+        where = _at(name, mark) if mark else name
+        problem = exc.problem or exc.context or "invalid YAML"
+        if problem == "second occurrence" and exc.context and exc.context_mark:  # an anchor defined twice
+            problem = exc.context.replace("; first occurrence",
+                                          f" (first defined on line {exc.context_mark.line + 1})")
         if "constructor for the tag" in problem:
-            tag = problem.split("for the tag", 1)[-1].strip().replace("tag:yaml.org,2002:", "!!")
-            problem = f"{tag} tags are not allowed (configs are plain YAML)"
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+            tag = problem.split("for the tag", 1)[-1].strip().strip("'\"").replace("tag:yaml.org,2002:", "!!")
+            problem = f"{echo(tag)} tags are not allowed (configs are plain YAML)"
+        raise ConfigError(f"{where}: YAML syntax error: {printable(problem, limit=2 * MAX_ECHO)}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{name}: YAML error: {' '.join(str(exc).split())}") from None
+        problem = printable(" ".join(str(exc).split()), limit=2 * MAX_ECHO)
+        raise ConfigError(f"{name}: YAML error: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{name}: nested too deeply") from None
     finally:
@@ -128,23 +227,34 @@ def parse_yaml(text: str, name: str) -> tuple[Any, Source]:
     return data, source
 
 
+def _line_and_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of the character at `position`."""
+    return text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
+
+
 def read_config_file(path: str | Path) -> tuple[Any, Source]:
     path = Path(path)
-    shown = printable(str(path))
+    shown = printable(str(path), limit=None)
     if not path.exists():
         raise ConfigError(f"{shown}: no such config file")
     if not path.is_file():
         raise ConfigError(f"{shown}: not a file")
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{shown}: {size} bytes is too large for a config (limit {MAX_CONFIG_BYTES})")
+        raise ConfigError(f"{shown}: {size:,} bytes is too large for a config (limit {MAX_CONFIG_BYTES:,})")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{shown}: cannot read: {exc.strerror}") from None
-    return parse_yaml(text, str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # the text before the bad byte is UTF-8: count its lines and characters
+        before = data[:exc.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        line, column = _line_and_column(before, len(before))
+        raise ConfigError(f"{shown}:{line}:{column}: not UTF-8 text (byte {exc.start:,} is "
+                          f"{data[exc.start]:#04x})") from None
+    # Newlines as read_text gives them ("\r\n" and "\r" become "\n"): lines are counted as editors count them
+    return parse_yaml(text.replace("\r\n", "\n").replace("\r", "\n"), str(path))
 
 
 # ---------------------------------------------------------------- overrides
@@ -241,6 +351,8 @@ def _fields_at(path: Path_) -> list[str]:
 
 
 def _closest(word: str, options: list[str]) -> str | None:
+    if len(word) > MAX_ECHO:  # no option is that long; difflib would only spend time on it
+        return None
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     if not close:
         close = [o for o in options if o.lower() == word.lower()]
@@ -261,7 +373,8 @@ def _layer_type_message(value: Any) -> str:
         return "each layer must be a one-key mapping like `Conv2D: {filters: 32, kernel_size: 3}`"
     if name in FORBIDDEN_LAYERS:
         return f"layer type {name!r} is not allowed: {FORBIDDEN_LAYERS[name]}"
-    return f"unknown layer type {name!r}{_suggest(str(name), list(LAYER_TYPES))} (allowed: {', '.join(LAYER_TYPES)})"
+    return (f"unknown layer type {echo(name)}{_suggest(str(name), list(LAYER_TYPES))} "
+            f"(allowed: {', '.join(LAYER_TYPES)})")
 
 
 def _message(error: dict, path: Path_) -> str:
@@ -276,14 +389,16 @@ def _message(error: dict, path: Path_) -> str:
     if kind == "literal_error":
         options = [o.strip(" '") for o in error.get("ctx", {}).get("expected", "").replace(" or ", ",").split(",")]
         hint = _suggest(str(error["input"]), [o for o in options if o])
-        return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {error['input']!r}{hint}"
-    if kind == "value_error":
-        return error["msg"].removeprefix("Value error, ")
-    if kind == "union_tag_invalid":
-        return f"{error['msg']}"
+        return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {echo(error['input'])}{hint}"
+    if kind == "value_error":  # our validators' messages, which quote short values
+        return printable(error["msg"].removeprefix("Value error, "), limit=4 * MAX_ECHO)
+    if kind == "union_tag_invalid":  # pydantic's message quotes the tag in full
+        ctx = error.get("ctx", {})
+        return (f"{ctx.get('discriminator', 'the tag')} must be one of {ctx.get('expected_tags')}, "
+                f"got {echo(ctx.get('tag'))}")
     message = error["msg"]
     if "input" in error and not isinstance(error["input"], (dict, list)):
-        message = f"{message}, got {error['input']!r}"
+        message = f"{message}, got {echo(error['input'])}"
     return message[0].lower() + message[1:]
 
 
@@ -317,14 +432,22 @@ def validate(raw: Any, source: Source) -> Config:
             if error["type"] == "missing" and path in misspelt:
                 continue
             where = source.locate(path, at_key=error["type"] == "extra_forbidden")
-            problems.append(f"{where}: {format_path(path)}: {printable(_message(error, path))}")
-        raise ConfigError(problems) from None
+            problems.append(f"{where}: {format_path(path)}: {printable(_message(error, path), limit=MAX_MESSAGE)}")
+        raise ConfigError(_at_most(problems, source)) from None
+
+
+def _at_most(problems: list[str], source: Source) -> list[str]:
+    """The first MAX_PROBLEMS problems, and how many more there are (1,000 bad layers are one mistake)."""
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], f"{source.name}: … and {len(problems) - MAX_PROBLEMS:,} more problems"]
 
 
 def check_shapes(config: Config, source: Source) -> None:
-    """Walk the layer stack (no TensorFlow); a shape error is located at its layer in the file."""
+    """Walk the layer stack (no TensorFlow); a shape error, or an output that is not one vector of class
+    scores per image, is located at its layer in the file."""
     try:
-        infer(config.model)
+        check_class_scores(config.model, infer(config.model))
     except ShapeError as exc:
         path = ("model", "layers", exc.index) if exc.index is not None else ("model",)
         raise ShapeError(f"{source.locate(path)}: {exc.message}", index=exc.index) from None
@@ -334,8 +457,9 @@ def check_layer_names(config: Config, source: Source) -> None:
     """Every layer's name (given or Keras' default) is unique; a repeat is located at its layer."""
     problems = name_problems(layer_names(config.model.layers))
     if problems:
-        raise ConfigError([f"{source.locate(('model', 'layers', index))}: model.layers[{index}]: {message}"
-                           for index, message in problems])
+        located = [f"{source.locate(('model', 'layers', index))}: model.layers[{index}]: {message}"
+                   for index, message in problems]
+        raise ConfigError(_at_most(located, source))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -59,7 +59,11 @@ def create(runs_dir: str | Path, name: str) -> Path:
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunError(f"{runs_dir}: cannot create the runs directory: {exc.strerror}") from None
+        file = next((p for p in (runs_dir, *runs_dir.parents) if p.exists() and not p.is_dir()), None)
+        if file == runs_dir:
+            raise RunError(f"{runs_dir}: is a file, not a folder; runs are kept in a folder") from None
+        why = f"{file} is a file, not a folder" if file is not None else exc.strerror
+        raise RunError(f"{runs_dir}: cannot create the runs directory: {why}") from None
     if not os.access(runs_dir, os.W_OK | os.X_OK):
         raise RunError(f"{runs_dir}: the runs directory is not writable")
     for n in range(1, MAX_SUFFIX):

@@ -148,6 +148,23 @@ def infer(model: ModelConfig) -> list[LayerInfo]:
     return infos
 
 
+def check_class_scores(model: ModelConfig, infos: list[LayerInfo]) -> None:
+    """ShapeError, at the last layer, unless the model's output is one vector of class scores per image.
+
+    Training compares that output with one label per image: an output of (H, W, classes), a Dense
+    layer applied at every position of a feature map, would fail there, far from its cause.
+    """
+    last = infos[-1]
+    if len(last.output_shape) == 1:
+        return
+    dense = [info.index for info in infos if info.type == "Dense"]
+    fix = (f"add Flatten or GlobalAveragePooling2D before model.layers[{dense[-1]}] (Dense)" if dense else
+           "end the stack with Flatten or GlobalAveragePooling2D and a Dense layer of one unit per class")
+    raise ShapeError(f"model.layers[{last.index}] ({model.layers[-1].type}): the model's output is "
+                     f"{_describe(last.output_shape)} per image, but it must be one vector of class scores "
+                     f"(classes,): {fix}", index=last.index)
+
+
 def output_units(model: ModelConfig) -> int:
     """Size of the last axis of the model's output (the number of classes it predicts)."""
     return infer(model)[-1].output_shape[-1]

@@ -10,7 +10,10 @@ from conftest import CONFIGS, MINIMAL_YAML, TUTORIALS
 from pydantic import ValidationError
 
 from cnnctl.config import (
+    MAX_ALIAS_CHARS,
     MAX_CONFIG_BYTES,
+    MAX_NODES,
+    MAX_PROBLEMS,
     Source,
     apply_overrides,
     config_from_yaml_text,
@@ -175,10 +178,13 @@ def test_a_directory_is_not_a_config(tmp_path):
     assert problems_of(tmp_path) == [f"{tmp_path}: not a file"]
 
 
-def test_binary_file_is_refused(write_yaml, tmp_path):
+def test_binary_file_is_refused_at_its_first_bad_byte(write_yaml, tmp_path):
     path = tmp_path / "binary.yaml"
     path.write_bytes(b"name: \xff\xfe\n")
-    assert problems_of(path) == [f"{path}: not UTF-8 text (byte 6)"]
+    assert problems_of(path) == [f"{path}:1:7: not UTF-8 text (byte 6 is 0xff)"]
+    # The column counts characters, as the YAML errors do: "café" is 5 bytes but 4 characters.
+    path.write_bytes("name: tiny\r\ndescription: café ".encode() + b"\xc3(\n")
+    assert problems_of(path) == [f"{path}:2:19: not UTF-8 text (byte 31 is 0xc3)"]
 
 
 def test_oversized_file_is_refused(tmp_path):
@@ -378,3 +384,122 @@ def test_source_prefers_overrides_over_stale_file_marks():
 def test_config_errors_are_cnnctl_errors():
     assert issubclass(ConfigError, CnnctlError) and ConfigError("x").exit_code == 2
     assert ConfigError(["a", "b"]).problems == ["a", "b"]
+
+
+# ---------------------------------------------------------------- bounded and located (issue 12)
+
+BIG = "x" * 500_000
+
+
+def error_of(cli, path) -> str:
+    result = cli("config", path)
+    assert result.exit_code == 2 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert "Traceback" not in result.output and result.stdout == ""
+    return result.stderr
+
+
+@pytest.mark.parametrize(("where", "edit"), [
+    ("1:7: name: string should match pattern", ("name: tiny", f"name: {BIG}")),
+    ("1:7: name: input should be a valid string", ("name: tiny", f"name: {'9' * 4000}")),
+    ("4:5: data.", ("  dataset: synthetic", f"  dataset: synthetic\n  ? {BIG}\n  : 1")),
+    ("9:7: model.layers[2]: unknown layer type", ("- Flatten: {}", f"- {BIG}")),
+    ("12:36: train.optimizer.schedule: 'type' must be one of", ("learning_rate: 0.01}",
+                                                                f"schedule: {{type: {BIG}}}}}")),
+    ("12:3: train: callbacks.early_stopping monitors", ("batch_size: 8", f"callbacks: {{early_stopping: "
+                                                                         f"{{monitor: val_{BIG}}}}}")),
+    ("1:7: YAML syntax error: '!", ("name: tiny", f"name: !{BIG} tiny")),
+    ("1:7: YAML syntax error: found undefined alias", ("name: tiny", f"name: *{BIG}")),
+])
+def test_a_500_kb_value_is_quoted_cut_short(cli, write_yaml, where, edit):
+    path = write_yaml(MINIMAL_YAML.replace(*edit, 1))
+    stderr = error_of(cli, path)
+    assert stderr.startswith(f"error: {path}:{where}"), stderr[:300]
+    assert "…" in stderr and len(stderr) < 1000, stderr
+
+
+def test_a_long_override_is_quoted_cut_short(minimal_path):
+    (problem,) = problems_of(minimal_path, [f"train.epochs={BIG}"])
+    assert problem.startswith(f"--set train.epochs={'x' * 80}") and "… (500,013 characters)" in problem
+    assert problem.endswith(f"got '{'x' * 100}…' (500,000 characters)")
+    assert len(problem) < 600
+
+
+def test_an_alias_repeating_a_large_string_is_refused_at_the_alias(cli, write_yaml):
+    # 100 KB written once (line 9), then 900 layers `- *big` (lines 10 on): each an unknown layer type quoting
+    # 100 KB, so 90 MB to report (it took 81 s and printed 200 MB).
+    path = write_yaml(MINIMAL_YAML.replace("    - Flatten: {}", "\n".join(["    - &big " + "y" * 100_000]
+                                                                          + ["    - *big"] * 900)))
+    stderr = error_of(cli, path)
+    crossing = MAX_ALIAS_CHARS // 100_000 + 1  # the first alias that takes the repeated text over the limit
+    assert stderr == (f"error: {path}:{9 + crossing}:7: too large: with this alias, aliases repeat more than "
+                      f"{MAX_ALIAS_CHARS:,} characters of text\n")
+
+
+def test_an_alias_bomb_is_refused_at_the_alias_that_crosses_the_node_limit():
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):  # 10 ** 9 nodes once expanded
+        lines.append(f"{chr(97 + level)}: &{chr(97 + level)} [" + ", ".join([f"*{chr(96 + level)}"] * 10) + "]")
+    with pytest.raises(ConfigError) as info:
+        parse_yaml("\n".join(lines), "bomb.yaml")
+    # Aliases in b repeat 10 x 11 nodes, in c 10 x 111, in d 10 x 1,111: 12,330; each *d in e adds 11,111 more,
+    # so the 8th crosses 100,000.
+    assert info.value.problems == [f"bomb.yaml:5:{len('e: &e [') + len('*d, ') * 7 + 1}: too large: with this "
+                                   f"alias, aliases repeat more than {MAX_NODES:,} YAML nodes"]
+
+
+def test_ordinary_aliases_still_work(write_yaml):
+    text = MINIMAL_YAML.replace("    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}",
+                                "    - &conv {Conv2D: {filters: 4, kernel_size: 3, activation: relu, padding: same}}\n"
+                                "    - *conv")
+    config = load_config(write_yaml(text))
+    assert [entry.type for entry in config.model.layers][:2] == ["Conv2D", "Conv2D"]
+
+
+def test_an_alias_inside_its_own_value_is_refused(write_yaml):
+    path = write_yaml("name: tiny\nx: &loop [1, *loop]\n")
+    assert problems_of(path) == [f"{path}:2:14: the alias *loop is nested inside the value it names"]
+
+
+def test_nesting_thousands_deep_is_located_not_a_recursion_error():
+    with pytest.raises(ConfigError) as info:
+        parse_yaml("a: " + "[" * 5000 + "]" * 5000, "deep.yaml")
+    assert info.value.problems == [f"deep.yaml:1:{3 + 33}: nested more than 32 levels deep"]
+
+
+def test_too_many_nodes_are_located_at_the_first_one_too_many():
+    with pytest.raises(ConfigError) as info:
+        parse_yaml("a: [" + "0, " * MAX_NODES + "0]", "many.yaml")
+    # the mapping and the list are nodes 1 and 2; node MAX_NODES + 1 is the list's item MAX_NODES - 2
+    column = len("a: [") + len("0, ") * (MAX_NODES - 2) + 1
+    assert info.value.problems == [f"many.yaml:1:{column}: too large: more than {MAX_NODES:,} YAML nodes "
+                                   "(aliases expanded)"]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("!!int foo", "'foo' cannot be read as !!int (invalid literal for int() with base 10: 'foo')"),
+    ("!!float foo", "'foo' cannot be read as !!float"),
+    ("!!bool maybe", "'maybe' cannot be read as !!bool"),
+    ("!!timestamp soon", "'soon' cannot be read as !!timestamp"),
+    ("2024-13-45", "'2024-13-45' cannot be read as !!timestamp (month must be in 1..12)"),
+    ("9" * 5000, f"'{'9' * 100}…' (5,000 characters) cannot be read as !!int (too large)"),
+    ("0x" + "f" * 4000, f"'0x{'f' * 98}…' (4,002 characters) cannot be read as !!int (too large)"),
+])
+def test_values_yaml_cannot_convert_are_located(write_yaml, value, message):
+    path = write_yaml(f"name: tiny\nseed: {value}\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:2:7: YAML error: {message}"), problem
+
+
+def test_a_thousand_broken_layers_are_reported_as_a_few_and_a_count(write_yaml):
+    text = MINIMAL_YAML.replace("    - Flatten: {}", "\n".join(["    - Flaten: {}"] * 990))
+    path = write_yaml(text)
+    problems = problems_of(path)
+    assert len(problems) == MAX_PROBLEMS + 1
+    assert problems[0].startswith(f"{path}:9:7: model.layers[2]: unknown layer type 'Flaten'")
+    assert problems[-1] == f"{path}: … and {990 - MAX_PROBLEMS:,} more problems"
+
+
+def test_an_anchor_defined_twice_says_where_it_was_first(write_yaml):
+    path = write_yaml("name: &x tiny\ndescription: &x again\n")
+    assert problems_of(path) == [f"{path}:2:14: YAML syntax error: found duplicate anchor 'x' "
+                                 "(first defined on line 1)"]

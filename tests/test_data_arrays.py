@@ -9,6 +9,7 @@ from conftest import load, write_mnist
 
 from cnnctl.data import arrays
 from cnnctl.errors import DataError
+from cnnctl.schema import DataConfig
 
 pytestmark = pytest.mark.usefixtures("isolated")
 
@@ -104,3 +105,39 @@ def test_npz_dataset(tmp_path):
         load("npz", input_shape=(5, 5, 3), root=str(tmp_path / "f.npz"))
     with pytest.raises(DataError, match="npz file"):
         load("npz", input_shape=(5, 5, 3), root=str(tmp_path / "missing.npz"))
+
+
+def test_npz_arrays_of_different_lengths_are_named(tmp_path):
+    x = np.zeros((100, 5, 5, 1), np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.zeros(90, np.uint8), x_test=x[:4], y_test=np.zeros(4, int))
+    with pytest.raises(DataError, match=r"d\.npz: x_train has 100 images but y_train has 90 labels$"):
+        load("npz", input_shape=(5, 5, 1), root=str(tmp_path / "d.npz"))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.zeros(100, np.uint8), x_test=x[:1], y_test=np.zeros(2, int))
+    with pytest.raises(DataError, match=r"d\.npz: x_test has 1 image but y_test has 2 labels$"):
+        load("npz", input_shape=(5, 5, 1), root=str(tmp_path / "d.npz"))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_npz_without_examples_says_the_split_is_empty(tmp_path, split):
+    x, y = np.zeros((4, 5, 5, 1), np.uint8), np.zeros(4, np.uint8)
+    arrays = {"x_train": x, "y_train": y, "x_test": x, "y_test": y, f"x_{split}": x[:0], f"y_{split}": y[:0]}
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError) as info:  # it said "the model has 3 outputs but npz has 1 classes"
+        load("npz", input_shape=(5, 5, 1), root=str(tmp_path / "d.npz"), num_classes=3)
+    assert str(info.value) == (f"{tmp_path / 'd.npz'}: the {split} split is empty "
+                               f"(x_{split} and y_{split} hold no examples)")
+
+
+def test_counts_in_data_messages_agree_with_their_nouns(tmp_path):
+    x = np.zeros((3, 5, 5, 1), np.uint8)
+    np.savez(tmp_path / "one.npz", x_train=x, y_train=np.zeros(3, np.uint8), x_test=x, y_test=np.zeros(3, np.uint8))
+    with pytest.raises(DataError, match=r"the model has 3 outputs but npz has 1 class$"):
+        load("npz", input_shape=(5, 5, 1), root=str(tmp_path / "one.npz"), num_classes=3)
+    one_class = arrays.Splits(x, np.zeros(3, np.uint8), None, None, x, np.zeros(3, np.uint8), ["0"], {"dataset": "npz"})
+    with pytest.raises(DataError, match=r"data.class_names has 2 names but there is 1 class$"):
+        arrays.check_classes(DataConfig(dataset="npz", class_names=["a", "b"]), one_class, None)
+    np.savez(tmp_path / "few.npz", x_train=x, x_test=x)
+    with pytest.raises(DataError, match=r"few\.npz: no y_train, y_test arrays \(it has x_train, x_test\)$"):
+        load("npz", input_shape=(5, 5, 1), root=str(tmp_path / "few.npz"))
+    with pytest.raises(DataError, match="of 1 training example leaves an empty part"):
+        arrays.split(np.zeros(1), np.zeros(1), 0.5, seed=0)

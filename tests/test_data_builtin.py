@@ -278,3 +278,14 @@ def test_unpickler_allows_numpy_arrays_only():
     assert list(builtin._ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()[b"a"]) == [0, 1, 2]
     with pytest.raises(pickle.UnpicklingError):
         builtin._ArrayUnpickler(io.BytesIO(pickle.dumps(print)), encoding="bytes").load()
+
+
+def test_a_cifar_batch_with_fewer_labels_than_images_says_so(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    batch = cifar_batch(3, offset=2)
+    batch[b"labels"] = batch[b"labels"][:1]
+    write_pickle(folder / "data_batch_2", batch)
+    with pytest.raises(DataError) as info:  # it said "expected 3 b'labels', got 1"
+        load("cifar10", input_shape=(32, 32, 3), data_dir=tmp_path)
+    assert str(info.value) == f"{folder / 'data_batch_2'}: b'data' holds 3 images but b'labels' holds 1 label"

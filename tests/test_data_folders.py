@@ -96,3 +96,17 @@ def test_image_folder_problems(tmp_path):
         load("directory", input_shape=(8, 8, 3), root=str(tmp_path))
     with pytest.raises(DataError, match="1 or 3"):
         load("directory", input_shape=(8, 8, 4), root=str(tmp_path / "imgs"))
+
+
+@pytest.mark.parametrize(("make_link", "why"), [
+    (lambda link: link.symlink_to("missing.png"), "a broken symbolic link (to missing.png)"),
+    (lambda link: link.symlink_to(link.name), "a symbolic link loop"),
+    (lambda link: (link.symlink_to("y.png"), (link.parent / "y.png").symlink_to(link.name)), "a symbolic link loop"),
+])
+def test_a_broken_or_looping_link_among_the_images_is_named(tmp_path, make_link, why):
+    write_folder(tmp_path / "imgs")
+    link = tmp_path / "imgs" / "train" / "cat" / "x.png"
+    make_link(link)
+    with pytest.raises(DataError) as info:
+        load("directory", input_shape=(8, 8, 3), root=str(tmp_path / "imgs"))
+    assert str(info.value) == f"{link}: {why}"

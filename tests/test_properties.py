@@ -4,7 +4,9 @@ fails with located problems (exit 2), never with a traceback.
 The four tutorial configs are mutated (keys dropped, values retyped or replaced by junk, junk keys
 inserted at any depth, layer lists shuffled, truncated and duplicated), random text and random YAML
 documents are fed as files, and random overrides are built from the schema's real key paths.
-Everything runs at the library level (no TensorFlow); a smaller number of examples go through the CLI.
+Everything runs at the library level (no TensorFlow); a smaller number of examples go through the CLI,
+and 500 hostile files (huge values, deep nesting, aliases and alias bombs, YAML tags, bytes that are not
+UTF-8) go through `cnnctl config`: bounded messages, each located in the file.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, TUTORIALS
+from conftest import CONFIGS, TUTORIALS, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from cnnctl.cli import app
-from cnnctl.config import config_from_yaml_text, load_config, to_yaml
+from cnnctl.config import MAX_PROBLEMS, config_from_yaml_text, load_config, to_yaml
 from cnnctl.errors import ConfigError
 from cnnctl.layers import LayerEntry
 from cnnctl.schema import Config
@@ -327,3 +329,132 @@ def test_cli_config_of_random_yaml_exits_0_or_2(runner, scratch, text):
 def test_cli_config_with_random_overrides_exits_0_or_2(runner, config, sets):
     result = runner.invoke(app, ["config", str(config), *[arg for text in sets for arg in ("--set", text)]])
     assert_cli_outcome(result)
+
+
+# ---------------------------------------------------------------- hostile files through `cnnctl config` (issue 12)
+
+HOSTILE = settings(FAST, max_examples=500)
+HOSTILE_BASES = {**BASES, "tiny": tiny_config()}
+MAX_MESSAGE_BYTES = 2048
+# Raw YAML that a dumped value cannot be: tags, values PyYAML cannot convert, broken syntax, undefined aliases.
+RAW_VALUES = ["!!int foo", "!!float bar", "!!bool maybe", "!!timestamp soon", "2024-13-45", "!!binary AAAA",
+              "!!set {a, b}", "!!python/object/apply:os.system [echo owned]", "!custom 1", "*nowhere", "[1, 2",
+              "{a: 1, a: 2}", "'unterminated", "&lonely", "!!str", "1e400", "-.inf", "0x" + "f" * 5000,
+              "9" * 4300, "9" * 4301, "1:2:3:4:5"]
+BAD_BYTES = [b"\xff", b"\xc3", b"\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x00", b"\x1b[31m", b"\x07",
+             b"\xef\xbb\xbf", b"\xfe\xff"]
+big_sizes = st.sampled_from([101, 5_000, 100_000, 300_000])
+
+
+def raw_nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+@st.composite
+def hostile_files(draw) -> bytes:
+    """A tutorial config or tiny_config, dumped as YAML, with up to four hostile edits."""
+    config = copy.deepcopy(HOSTILE_BASES[draw(st.sampled_from(sorted(HOSTILE_BASES)))])
+    raw: dict[str, str] = {}  # placeholder written as a key or value -> the YAML text that replaces it (and
+    # that yaml.safe_dump, slow on 300 KB strings, never sees)
+    appended, bad_bytes = [], []
+
+    def place(value) -> None:
+        """Set `value` at a random existing path, or under a new (unknown) key of a random mapping."""
+        paths = [p for p, _ in nodes(config) if p]
+        if paths and draw(st.booleans()):
+            path = draw(st.sampled_from(paths))
+            parent_of(config, path)[path[-1]] = value
+        else:
+            target = draw(st.sampled_from([v for _, v in nodes(config) if isinstance(v, dict)]))
+            target[draw(keys)] = value
+
+    def placeholder(text: str) -> str:
+        token = f"zzraw{len(raw)}zz"
+        raw[token] = text
+        return token
+
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(["retype", "junk", "unknown_key", "huge", "deep", "alias", "raw", "bytes",
+                                     "bomb", "drop", "layers"]))
+        paths = [p for p, _ in nodes(config) if p]
+        if kind == "retype" and paths:
+            path = draw(st.sampled_from(paths))
+            parent = parent_of(config, path)
+            parent[path[-1]] = draw(retyped(parent[path[-1]]))
+        elif kind == "junk":
+            place(draw(junk))
+        elif kind == "unknown_key":
+            target = draw(st.sampled_from([v for _, v in nodes(config) if isinstance(v, dict)]))
+            target[draw(keys) if draw(st.booleans()) else placeholder("k" * draw(big_sizes))] = draw(junk)
+        elif kind == "huge":
+            size = draw(big_sizes)
+            place(draw(st.sampled_from([placeholder("x" * size), placeholder("9" * min(size, 6000)), [size] * 3])))
+        elif kind == "deep":
+            place(placeholder(raw_nested(draw(st.sampled_from([5, 30, 31, 32, 33, 40, 500])))))
+        elif kind == "alias":
+            anchored = draw(st.sampled_from(["y" * draw(big_sizes), "[1, 2, 3]", "{units: 3}", raw_nested(20)]))
+            place(placeholder(f"&a {anchored}"))
+            for _ in range(draw(st.integers(1, 3))):
+                place(placeholder("[" + ", ".join(["*a"] * draw(st.sampled_from([1, 10, 1000]))) + "]"))
+        elif kind == "raw":
+            place(placeholder(draw(st.sampled_from(RAW_VALUES))))
+        elif kind == "bytes":
+            bad_bytes.append(draw(st.sampled_from(BAD_BYTES)))
+        elif kind == "bomb":  # the billion laughs, as unknown top-level keys after the config
+            depth = draw(st.integers(2, 9))
+            appended.append("l0: &l0 [x, x, x, x, x, x, x, x, x, x]")
+            appended += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, depth)]
+        elif kind == "drop" and paths:
+            path = draw(st.sampled_from(paths))
+            del parent_of(config, path)[path[-1]]
+        elif kind == "layers":
+            layers = config.get("model", {}).get("layers") if isinstance(config.get("model"), dict) else None
+            if isinstance(layers, list) and layers:
+                how = draw(st.sampled_from(["shuffle", "truncate", "no_flatten"]))
+                if how == "shuffle":
+                    layers[:] = draw(st.permutations(layers))
+                elif how == "truncate":
+                    del layers[draw(st.integers(0, len(layers) - 1)):]
+                else:
+                    layers[:] = [layer for layer in layers if layer not in ({"Flatten": {}}, {"Flatten": None},
+                                                                            "Flatten")]
+    text = dump(config)
+    for token, replacement in raw.items():
+        text = text.replace(f"'{token}'", replacement).replace(token, replacement)
+    text += "".join(line + "\n" for line in appended)
+    data = text.encode("utf-8")
+    for blob in bad_bytes:
+        at = len(text[:draw(st.integers(0, len(text)))].encode("utf-8"))  # between two characters
+        data = data[:at] + blob + data[at:]
+    return data
+
+
+def assert_bounded_and_located(result, path: Path, data: bytes) -> None:
+    """Exit 0 with a config that loads back, or exit 2 with short messages located in the file."""
+    assert result.exit_code in (0, 2), (result.exit_code, result.output[:2000], result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    if result.exit_code == 0:
+        assert config_from_yaml_text(result.stdout, "stdout") is not None
+        return
+    text = data.decode("utf-8", errors="replace")
+    lines = text.splitlines() or [""]
+    messages = stderr_of(result).splitlines()
+    assert 1 <= len(messages) <= MAX_PROBLEMS + 1, messages[:3]
+    for message in messages:
+        assert len(message.encode()) < MAX_MESSAGE_BYTES, message[:300]
+        assert message.startswith(f"error: {path}:"), message[:300]
+        whole_file = r"(… and [\d,]+ more problems|[\d,]+ bytes is too large)"
+        if re.match(rf"error: {re.escape(str(path))}: {whole_file}", message):
+            continue  # about the file as a whole
+        at = re.match(rf"error: {re.escape(str(path))}:(\d+):(\d+): ", message)
+        assert at, f"not located: {message[:300]}"
+        line, column = int(at[1]), int(at[2])
+        assert 1 <= line <= len(lines) + 1 and 1 <= column <= max(len(x) for x in lines) + 1, message[:300]
+
+
+@HOSTILE
+@given(data=hostile_files())
+def test_cli_config_of_hostile_files_is_bounded_and_located(runner, scratch, data):
+    scratch.write_bytes(data)
+    assert_bounded_and_located(runner.invoke(app, ["config", str(scratch)]), scratch, data)

@@ -115,3 +115,15 @@ def test_resolve_refuses_what_is_not_a_run_directory(tmp_path):
         rundir.resolve(tmp_path / "notes.txt")
     with pytest.raises(RunError, match=r"not a cnnctl run directory \(no config\.yaml\)"):
         rundir.resolve(tmp_path)
+
+
+def test_a_runs_directory_that_is_a_file_is_called_a_file(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(RunError) as info:  # it said "cannot create the runs directory: File exists"
+        rundir.create(tmp_path / "runs", "tiny")
+    assert str(info.value) == f"{tmp_path / 'runs'}: is a file, not a folder; runs are kept in a folder"
+    with pytest.raises(RunError) as info:
+        rundir.create(tmp_path / "runs" / "deeper", "tiny")
+    assert str(info.value) == (f"{tmp_path / 'runs' / 'deeper'}: cannot create the runs directory: "
+                               f"{tmp_path / 'runs'} is a file, not a folder")
+    assert (tmp_path / "runs").read_text() == "not a folder"

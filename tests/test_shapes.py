@@ -6,11 +6,11 @@ import math
 import sys
 
 import pytest
-from conftest import TUTORIALS
+from conftest import CONFIGS, TUTORIALS, tiny_config
 
 from cnnctl.errors import ShapeError
 from cnnctl.schema import ModelConfig
-from cnnctl.shapes import MAX_PARAMS, infer, output_units
+from cnnctl.shapes import MAX_PARAMS, check_class_scores, infer, output_units
 
 CIFAR10_PUBLISHED_SHAPES = [
     (32, 32, 32), (30, 30, 32), (15, 15, 32), (15, 15, 32),
@@ -242,3 +242,47 @@ def test_same_padding_never_runs_out():
 def test_output_units(tutorial_models):
     for config, _ in tutorial_models.values():
         assert output_units(config.model) == 10
+
+
+# ---------------------------------------------------------------- the output: one vector of class scores
+
+
+@pytest.mark.parametrize(("input_shape", "layers", "message"), [
+    ([8, 8, 1], [{"Conv2D": {"filters": 4, "kernel_size": 3}}, {"Dense": {"units": 10, "activation": "softmax"}}],
+     "model.layers[1] (Dense): the model's output is (6, 6, 10) per image, but it must be one vector of class "
+     "scores (classes,): add Flatten or GlobalAveragePooling2D before model.layers[1] (Dense)"),
+    ([8, 8, 1], [{"Dense": {"units": 10}}, {"Softmax": {}}],
+     "model.layers[1] (Softmax): the model's output is (8, 8, 10) per image, but it must be one vector of class "
+     "scores (classes,): add Flatten or GlobalAveragePooling2D before model.layers[0] (Dense)"),
+    ([8, 8, 3], [{"Conv2D": {"filters": 10, "kernel_size": 1}}, {"GlobalAveragePooling2D": {"keepdims": True}}],
+     "model.layers[1] (GlobalAveragePooling2D): the model's output is (1, 1, 10) per image, but it must be one "
+     "vector of class scores (classes,): end the stack with Flatten or GlobalAveragePooling2D and a Dense layer "
+     "of one unit per class"),
+    ([5, 7], [{"Dense": {"units": 3}}], "model.layers[0] (Dense): the model's output is (5, 3) per image"),
+])
+def test_an_output_that_is_not_class_scores_is_refused_at_the_last_layer(input_shape, layers, message):
+    model = ModelConfig(input_shape=input_shape, layers=layers)
+    with pytest.raises(ShapeError) as info:
+        check_class_scores(model, infer(model))
+    assert info.value.index == len(layers) - 1
+    assert info.value.message.startswith(message), info.value.message
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_shipped_config_outputs_class_scores(path):
+    from cnnctl.config import load_config
+
+    model = load_config(path).model
+    check_class_scores(model, infer(model))  # load_config checks it too; this says which rule a failure broke
+
+
+@pytest.mark.parametrize("command", ["config", "summary"])
+def test_a_model_without_flatten_is_refused_at_config_time_with_its_location(cli, write_yaml, command):
+    layers = [{"Conv2D": {"filters": 4, "kernel_size": 3}}, {"Dense": {"units": 3, "activation": "softmax"}}]
+    path = write_yaml(tiny_config(layers=layers))
+    line = path.read_text().splitlines().index("  - Dense:") + 1
+    result = cli(command, path)
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr == (f"error: {path}:{line}:5: model.layers[1] (Dense): the model's output is (10, 10, 3) "
+                             "per image, but it must be one vector of class scores (classes,): add Flatten or "
+                             "GlobalAveragePooling2D before model.layers[1] (Dense)\n")

@@ -37,6 +37,11 @@ def file_record(path: Path) -> dict:
     return {"path": str(Path(path).absolute()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """`1 class`, `0 classes`, `60,000 images`: a number with its noun, for messages."""
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
+
+
 def given_path(data: DataConfig, data_dir, ok, what: str) -> Path:
     """data_dir (the CLI's --data-dir) wins over data.root; a relative root is also tried under data_dir."""
     candidates = [Path(p).expanduser() for p in (data_dir, data.root) if p]
@@ -57,7 +62,9 @@ def read_npz(path: Path) -> list[np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in keys if k not in npz.files]
             if missing:
-                raise DataError(f"{path}: no {', '.join(missing)} array (it has {', '.join(npz.files)})")
+                has = ", ".join(npz.files) or "no arrays"
+                raise DataError(f"{path}: no {', '.join(missing)} {'array' if len(missing) == 1 else 'arrays'} "
+                                f"(it has {has})")
             arrays = [npz[k] for k in keys]
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: not a readable .npz file ({error})") from None
@@ -68,9 +75,16 @@ def read_npz(path: Path) -> list[np.ndarray]:
             if array.ndim != 1 or array.dtype.kind not in "iu":
                 raise DataError(f"{path}: {key} must be integer class indices of shape (N,), "
                                 f"got {array.dtype} {array.shape}")  # fmt: skip
-        elif array.dtype != np.uint8:
-            raise DataError(f"{path}: {key} must be uint8 images (0-255), got {array.dtype}")
+        elif array.dtype != np.uint8 or array.ndim < 2:
+            raise DataError(f"{path}: {key} must be uint8 images (0-255) of shape (N, ...), "
+                            f"got {array.dtype} {array.shape}")
         arrays[keys.index(key)] = array
+    for split, x, y in (("train", arrays[0], arrays[1]), ("test", arrays[2], arrays[3])):
+        if len(x) != len(y):
+            raise DataError(f"{path}: x_{split} has {counted(len(x), 'image')} but y_{split} has "
+                            f"{counted(len(y), 'label')}")
+        if len(x) == 0:
+            raise DataError(f"{path}: the {split} split is empty (x_{split} and y_{split} hold no examples)")
     return arrays
 
 
@@ -89,7 +103,8 @@ def synthetic_splits(data: DataConfig, shape: tuple, num_classes: int | None, se
     if n is None:
         raise DataError("synthetic data needs a number of classes (data.num_classes or the model's outputs)")
     if data.num_classes and num_classes and data.num_classes != num_classes:
-        raise DataError(f"data.num_classes is {data.num_classes} but the model has {num_classes} outputs")
+        raise DataError(f"data.num_classes is {data.num_classes} but the model has "
+                        f"{counted(num_classes, 'output')}")
     rng = np.random.default_rng(seed)
     if len(shape) == 3:  # 4x4-pixel blocks: a small conv net picks them up within a few steps
         height, width, channels = shape
@@ -122,15 +137,19 @@ def check_classes(data: DataConfig, raw: Splits, num_classes: int | None) -> int
     """The number of classes; the labels, class names and model outputs must agree with it."""
     n = len(raw.class_names)
     if data.num_classes and data.num_classes != n and data.dataset != "npz":
-        raise DataError(f"data.num_classes is {data.num_classes} but {data.dataset} has {n} classes")
+        raise DataError(f"data.num_classes is {data.num_classes} but {data.dataset} has "
+                        f"{counted(n, 'class', 'classes')}")
     if num_classes is not None and num_classes != n:
-        raise DataError(f"the model has {num_classes} outputs but {raw.identity['dataset']} has {n} classes")
+        raise DataError(f"the model has {counted(num_classes, 'output')} but {raw.identity['dataset']} has "
+                        f"{counted(n, 'class', 'classes')}")
     for split, y in (("train", raw.y_train), ("test", raw.y_test), ("val", raw.y_val)):
         if y is not None and len(y) and (y.min() < 0 or y.max() >= n):
-            raise DataError(f"{split} labels must be in 0..{n - 1} ({n} classes), found {y.min()}..{y.max()}")
+            raise DataError(f"{split} labels must be in 0..{n - 1} ({counted(n, 'class', 'classes')}), "
+                            f"found {y.min()}..{y.max()}")
     if data.class_names is not None:
         if len(data.class_names) != n:
-            raise DataError(f"data.class_names has {len(data.class_names)} names but there are {n} classes")
+            raise DataError(f"data.class_names has {counted(len(data.class_names), 'name')} but there "
+                            f"{'is' if n == 1 else 'are'} {counted(n, 'class', 'classes')}")
         raw.class_names = list(data.class_names)
     return n
 
@@ -155,7 +174,7 @@ def split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     """
     n_val = len(x) - int(len(x) * (1 - fraction))
     if n_val < 1 or n_val >= len(x):
-        raise DataError(f"validation_split {fraction} of {len(x)} training examples leaves an empty part")
+        raise DataError(f"validation_split {fraction} of {counted(len(x), 'training example')} leaves an empty part")
     order = np.random.default_rng(seed).permutation(len(x))
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
     return x[train], y[train], x[val], y[val]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnctl.data.arrays import Splits, file_record, read_npz
+from cnnctl.data.arrays import Splits, counted, file_record, read_npz
 from cnnctl.errors import DataError
 from cnnctl.schema import DataConfig
 
@@ -274,7 +274,8 @@ def _read_cifar(dataset: str, files: list[Path], label_mode: str):
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
             raise DataError(f"{where}: b'data' must be a uint8 array of shape (N, 3072)")
         if y is None or len(y) != len(x):
-            raise DataError(f"{where}: expected {len(x)} {label_key!r}, got {None if y is None else len(y)}")
+            held = "is missing" if y is None else f"holds {counted(len(y), 'label')}"
+            raise DataError(f"{where}: b'data' holds {counted(len(x), 'image')} but {label_key!r} {held}")
         parts.append((x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(y, dtype=np.int64)))
     arrays = []
     for group in (parts[:-1], parts[-1:]):  # the training batches, then the test batch

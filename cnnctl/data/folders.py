@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -47,10 +48,24 @@ def _fingerprint(root: Path, paths: list[Path], shape: tuple) -> tuple[str, int]
     digest = hashlib.sha256(json.dumps({"version": 1, "root": str(root.resolve()), "shape": shape}).encode())
     total = 0
     for path in paths:
-        stat = path.stat()
+        stat = _stat(path)
         total += stat.st_size
         digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest(), total
+
+
+def _stat(path: Path) -> os.stat_result:
+    """The image's stat; a DataError naming it when it cannot be read (a broken or looping link, ...)."""
+    try:
+        return path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            why = "a symbolic link loop"
+        elif path.is_symlink() and error.errno == errno.ENOENT:
+            why = f"a broken symbolic link (to {os.readlink(path)})"
+        else:
+            why = f"cannot read it: {error.strerror}"
+        raise DataError(f"{path}: {why}") from None
 
 
 def _cache_dir() -> Path:
