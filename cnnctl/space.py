@@ -32,16 +32,21 @@ def trial_config(raw: dict, params: dict[str, Any], name: str) -> Config:
     raw = {k: v for k, v in copy.deepcopy(raw).items() if k != "tune"}
     source = Source(name)
     raw = apply_overrides(raw, [f"{key}={json.dumps(value)}" for key, value in params.items()], source)
+    for path in source.overrides:  # a problem in a value is reported as "--set KEY: ...", the value cut away
+        source.overrides[path] = format_path(path)
     config = validate(raw, source)
     check_layer_names(config, source)
     check_shapes(config, source)
     return config
 
 
-def _without_location(problem: str, override: str) -> str:
-    """A problem of `trial_config` as it reads after the key: the '--set key=value: ' prefix removed."""
-    prefix = f"--set {override}: "
-    return problem[len(prefix):] if problem.startswith(prefix) else problem
+def _without_location(problem: str, key: str, name: str) -> str:
+    """A problem of `trial_config` as it reads after the key: its location ('--set KEY: ', or the file's
+    name for a problem of the whole stack) removed."""
+    for prefix in (f"--set {format_path(_parse_key_path(key))}: ", f"{name}: "):
+        if problem.startswith(prefix):
+            return problem[len(prefix):]
+    return problem
 
 
 def check(config: Config, raw: dict, source: Source) -> None:
@@ -58,11 +63,10 @@ def check(config: Config, raw: dict, source: Source) -> None:
             problems.append(f"{where}: {format_path(path[:1])} cannot be searched")
             continue
         for value in dimension.extremes():
-            override = f"{key}={json.dumps(value)}"
             try:
                 trial_config(raw, {key: value}, source.name)
             except ConfigError as exc:
-                reasons = "; ".join(_without_location(p, override) for p in exc.problems)
+                reasons = "; ".join(_without_location(p, key, source.name) for p in exc.problems)
                 problems.append(f"{where}: with {json.dumps(value)[:60]}: {reasons}")
                 break
     if config.tune.sampler == "grid":

@@ -97,7 +97,7 @@ def test_the_json_schema_has_every_top_level_section(json_schema):
     assert json_schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert json_schema["title"] == "cnnctl experiment config" and json_schema["description"] == "A cnnctl experiment."
     assert set(json_schema["properties"]) == set(Config.model_fields) == {
-        "name", "description", "seed", "data", "model", "train", "runtime", "expect"}
+        "name", "description", "seed", "data", "model", "train", "runtime", "expect", "tune"}
     assert set(json_schema["required"]) == {"name", "data", "model", "train"}
     assert json_schema["additionalProperties"] is False
 
@@ -105,8 +105,8 @@ def test_the_json_schema_has_every_top_level_section(json_schema):
 @pytest.mark.parametrize("section", SECTIONS, ids=lambda cls: cls.__name__)
 def test_attribute_docstrings_are_the_descriptions(json_schema, section):
     properties = (json_schema if section is Config else json_schema["$defs"][section.__name__])["properties"]
-    documented = {name: inspect.cleandoc(field.description) for name, field in section.model_fields.items()
-                  if field.description}
+    documented = {field.alias or name: inspect.cleandoc(field.description)
+                  for name, field in section.model_fields.items() if field.description}  # YAML keys: aliases
     assert {name: properties[name].get("description") for name in documented} == documented
 
 
