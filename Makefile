@@ -11,7 +11,7 @@ GPU    ?= 0
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,export,postgres]"
+	$(BIN)/python -m pip install --quiet -e ".[test,export,postgres,mlflow]"
 ifeq ($(GPU),1)
 	$(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu
 	$(BIN)/python -m pip install --quiet "tensorflow[and-cuda]>=2.21,<2.22"

@@ -245,7 +245,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
 
 
 def for_run(run_dir: Path, train: TrainConfig, stop: Stop, state: resume.ResumeState | None, steps_per_epoch: int, *,
-            write: bool, extra: Sequence = ()) -> tuple[list, AtomicCheckpoint, NaNGuard]:
+            write: bool, extra: Sequence = (), tracker=None) -> tuple[list, AtomicCheckpoint, NaNGuard]:
     """The callbacks of a run, in the order they must run, and the two `train` reads back afterwards.
 
     `state` (a resumed run) restores the best checkpoint's value, the callbacks' counters and the
@@ -265,9 +265,22 @@ def for_run(run_dir: Path, train: TrainConfig, stop: Stop, state: resume.ResumeS
                          steps_per_epoch=steps_per_epoch, initial=state, write=write),
         MetricsCSV(run_dir / rundir.METRICS, append=state is not None, stop=stop),
         TensorBoard(log_dir=str(run_dir / rundir.TENSORBOARD), write_graph=False, profile_batch=0, stop=stop),
+        *([TrackEpochs(tracker, stop)] if tracker is not None else []),
         *extra,
     ]
     return callbacks, checkpoint, nan_guard
+
+
+class TrackEpochs(keras.callbacks.Callback):
+    """Sends each epoch's metrics.csv row to the run's MLflow run (tracking.Tracker), step = epoch."""
+
+    def __init__(self, tracker, stop: Stop):
+        super().__init__()
+        self.tracker, self.stop = tracker, stop
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.stop.partial:  # exactly the values metrics.csv holds (its 6 significant digits)
+            self.tracker.log_epoch(epoch + 1, {k: float(_cell(v)) for k, v in (logs or {}).items() if v is not None})
 
 
 class Reporter(keras.callbacks.Callback):

@@ -86,19 +86,13 @@ def _main(
     _state["debug"] = debug
 
 
-def _load(config: Path, overrides: list[str] | None):
-    from cnnctl.config import load_config
-
-    return load_config(config, overrides or [])
-
-
 @app.command()
 def config(config: ConfigArg, set_: SetOpt = None) -> None:
     """Print the resolved config (after --set overrides and defaults) as YAML."""
     with _errors():
-        from cnnctl.config import to_yaml
+        from cnnctl.config import load_config, to_yaml
 
-        out.print(to_yaml(_load(config, set_)), end="", highlight=False, markup=False)
+        out.print(to_yaml(load_config(config, set_)), end="", highlight=False, markup=False)
 
 
 @app.command()
@@ -113,19 +107,13 @@ def schema() -> None:
 def summary(config: ConfigArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Keras-style model summary with MACs, memory and the published parameter count."""
     with _errors():
-        cfg = _load(config, set_)
-        from cnnctl.shapes import infer
+        from cnnctl.config import load_config
 
-        infer(cfg.model)  # shape errors before TensorFlow is imported
+        cfg = load_config(config, set_)  # shape errors are found here, before TensorFlow is imported
         _quiet_tensorflow()
-        from cnnctl import runtime
-        from cnnctl.model import build_model
-        from cnnctl.summary import summarize
+        from cnnctl.summary import for_config
 
-        plan = runtime.plan(cfg.runtime, runtime.probe_hardware())
-        data = summarize(cfg, build_model(cfg.model, name=cfg.name), plan.precision)
-        data["precision_reason"] = plan.precision_reason
-        render.summary(data, out, as_json=json_)
+        render.summary(for_config(cfg), out, as_json=json_)
 
 
 @app.command()
@@ -133,12 +121,9 @@ def devices(json_: JsonOpt = False) -> None:
     """Devices TensorFlow sees, the CPU features that matter, and what `auto` would choose."""
     with _errors():
         _quiet_tensorflow()
-        from cnnctl import runtime
-        from cnnctl.schema import RuntimeConfig
+        from cnnctl.runtime import device_report
 
-        hw = runtime.probe_hardware()
-        info = render.device_info(hw, runtime.plan(RuntimeConfig(), hw), runtime.versions())
-        render.devices(info, out, as_json=json_)
+        render.devices(render.device_info(*device_report()), out, as_json=json_)
 
 
 @app.command()
@@ -153,6 +138,7 @@ def train(
     smoke: Annotated[bool, typer.Option("--smoke", help="A few steps on synthetic data: checks the config runs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a live display.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per epoch, then the result, on stdout.")] = False,
+    mlflow: Annotated[Optional[str], typer.Option("--mlflow", flag_value="", help="Log to MLflow at URI.")] = None,
 ) -> None:
     """Train a config into a new run directory, then evaluate it on the test set.
 
@@ -167,9 +153,10 @@ def train(
         if resume is not None and (run_name or smoke):
             raise CnnctlError("--run-name and --smoke do not apply to --resume (the run keeps its own)")
         from cnnctl import rundir
+        from cnnctl.config import load_config
         from cnnctl.data import check_available
 
-        cfg = _load(rundir.resolve(resume) / rundir.CONFIG if resume is not None else config, set_)
+        cfg = load_config(rundir.resolve(resume) / rundir.CONFIG if resume is not None else config, set_)
         if resume is None:
             rundir.check_name(run_name if run_name is not None else cfg.name)
             if not smoke:
@@ -181,7 +168,7 @@ def train(
         shown = [render.progress_display(out, stop, as_json=json_, quiet=quiet)]
         log = functools.partial(render.plain, console=err if json_ else out)  # JSON keeps stdout for itself
         result = training.run(cfg, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir, smoke=smoke,
-                              callbacks=shown, log=log, resume_from=resume, stop=stop)
+                              callbacks=shown, log=log, resume_from=resume, stop=stop, mlflow=mlflow)
         render.train_result(result, out, as_json=json_)
         if result.status != "completed":
             raise typer.Exit(1)
@@ -231,18 +218,28 @@ def tune(
         study = tuning.start(config, resume_dir=resume, overrides=set_ or [], trials=trials, runs_dir=runs_dir,
                              storage=storage, smoke=smoke)
         _quiet_tensorflow()
-        log = (lambda m: err.print(m, highlight=False, markup=False)) if json_ else \
-            (lambda m: None if m.startswith("device ") else render.plain(m, out))
+        log = functools.partial(render.plain, console=err if json_ else out)  # JSON keeps stdout for itself
         stop = _install_stop_handlers()
-        shown = None if json_ else lambda t: render.trial_line(tuning.trial_row(t), study.tune.metric, out)
+        shown = None if json_ else functools.partial(render.trial_line, metric=study.tune.metric, console=out)
         try:
-            code = tuning.run(study, workers=1 if worker else workers, timeout_minutes=timeout, log=log, stop=stop,
-                              on_trial=shown)
+            code = tuning.run(study, 1 if worker else workers, timeout, log=log, stop=stop, on_trial=shown)
         finally:
             if not worker and sys.exc_info()[0] in (None, Interrupted):  # what is done, also after Ctrl-C
                 render.study(tuning.summarize(study), out, as_json=json_)
-        if code:
-            raise typer.Exit(code)
+        raise typer.Exit(code)
+
+
+@app.command()
+def sync(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, or a runs directory.", show_default=False)],
+    mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="URI (default: the run's, or mlflow.db).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Log finished runs to MLflow afterwards, or complete what a run could not log; twice changes nothing."""
+    with _errors():
+        from cnnctl.tracking import sync_all
+
+        render.synced(sync_all(run_dirs, mlflow), out, as_json=json_)
 
 
 @app.command()
@@ -342,8 +339,11 @@ def export_command(
 
 
 def main() -> None:
+    args = sys.argv[1:]  # `--mlflow` with no URI after it (last, or before another option): the default store
+    args = ["--mlflow=" if a == "--mlflow" and (i + 1 == len(args) or args[i + 1].startswith("-")) else a
+            for i, a in enumerate(args)]
     try:
-        app()
+        app(args)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

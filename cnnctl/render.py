@@ -312,3 +312,14 @@ def study(summary: dict, console: Console, *, as_json: bool = False) -> None:
     plain(f"reports    {summary['study']}/trials.csv, {summary['study']}/plots/", console)
     for warning in summary["warnings"]:
         plain(f"warning: {warning}", console)
+
+
+def synced(rows: list[dict], console: Console, *, as_json: bool = False) -> None:
+    """`cnnctl sync`: one line per run."""
+    if as_json:
+        print_json(rows, console)
+        return
+    for row in rows:
+        problems = f"  NOT all logged: {'; '.join(row['problems'])}" if row["problems"] else ""
+        plain(f"{row['run']}  ->  MLflow run {row['run_id']} at {row['uri']}  ({row['epochs']} epochs){problems}",
+              console)

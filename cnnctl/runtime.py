@@ -205,6 +205,14 @@ def describe(runtime_plan: Plan, strategy) -> dict:
                 strategy=type(strategy).__name__, replicas=strategy.num_replicas_in_sync)
 
 
+def device_report() -> tuple[Hardware, Plan, dict]:
+    """What `cnnctl devices` shows: the hardware, what `auto` would choose on it, the versions."""
+    from cnnctl.schema import RuntimeConfig
+
+    hw = probe_hardware()
+    return hw, plan(RuntimeConfig(), hw), versions()
+
+
 def import_quietly(show: bool = False) -> None:
     """Import TensorFlow without the C++ start-up chatter it writes to fd 2 before logging is set up
     (`show`: let it through, for --debug)."""

@@ -322,6 +322,23 @@ class TuneConfig(Section):
     """Dotted config keys, as --set takes them, mapped to their ranges: {train.optimizer.learning_rate: {log_uniform: [1e-4, 1e-1]}}."""
 
 
+# ---------------------------------------------------------------- tracking
+
+
+class MlflowConfig(Section):
+    uri: str | None = None
+    """Tracking store: unset for SQLite in the runs directory (runs/mlflow.db), or http://host:5000 for a server."""
+    experiment: str | None = None
+    """MLflow experiment name (default: the config's name)."""
+    log_models: bool = False
+    """Also upload checkpoints/best.keras."""
+
+
+class TrackingConfig(Section):
+    mlflow: MlflowConfig | None = None
+    """Log the run to MLflow (needs the mlflow extra: pip install 'cnnctl[mlflow]')."""
+
+
 class Config(Section):
     """A cnnctl experiment."""
 
@@ -337,6 +354,8 @@ class Config(Section):
     expect: ExpectConfig | None = None
     tune: TuneConfig | None = None
     """The search space of `cnnctl tune` (ignored by `cnnctl train`)."""
+    tracking: TrackingConfig | None = None
+    """Experiment tracking (MLflow)."""
 
 
 def json_schema() -> dict:

@@ -105,3 +105,14 @@ def text(config: Config, model, precision: str) -> str:
     buffer = io.StringIO()
     render(summarize(config, model, precision), Console(file=buffer, width=100, color_system=None))
     return buffer.getvalue()
+
+
+def for_config(config: Config) -> dict:
+    """The summary of a config's model as built by Keras, at the precision `runtime` would choose."""
+    from cnnctl import runtime
+    from cnnctl.model import build_model
+
+    plan = runtime.plan(config.runtime, runtime.probe_hardware())
+    data = summarize(config, build_model(config.model, name=config.name), plan.precision)
+    data["precision_reason"] = plan.precision_reason
+    return data

@@ -1,7 +1,7 @@
 """Train a config into a run directory: runtime -> data -> model -> fit -> evaluate -> files.
 
-`run()` is the whole job and returns a `results.TrainResult`; it never prints. Progress reaches the caller
-through the Keras callbacks it passes in, and one-line notices through `log`.
+`run()` is the whole job and returns a `results.TrainResult`; it never prints. Progress reaches the
+caller through the Keras callbacks it passes in, one-line notices through `log`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnctl import __version__, files, history, results, resume, rundata, rundir, runtime
+from cnnctl import __version__, files, history, results, resume, rundata, rundir, runtime, tracking
 from cnnctl.callbacks import Stop
 from cnnctl.config import smoke_config, to_yaml
 from cnnctl.data import Splits
@@ -41,6 +41,7 @@ class RunContext:
     state: resume.ResumeState | None  # where a resumed run continues from
     log: Callable[[str], None]
     callbacks: Sequence = ()  # the caller's (progress display)
+    tracker: tracking.Tracker | None = None  # the run's MLflow run, if tracked
 
     @property
     def steps_per_epoch(self) -> int:
@@ -50,13 +51,12 @@ class RunContext:
 def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None = None,
         data_dir: str | Path | None = None, smoke: bool = False, callbacks: Sequence = (),
         log: Callable[[str], None] = lambda message: None, resume_from: str | Path | None = None,
-        stop: Stop | None = None) -> results.TrainResult:
+        stop: Stop | None = None, mlflow: str | None = None, parent_run_id: str | None = None) -> results.TrainResult:
     """Train `config` into a new run directory (or continue `resume_from`), then evaluate it.
 
-    `stop` lets the caller ask for a graceful stop, e.g. from a signal handler: the run writes a
-    resume checkpoint after the current step and raises `Interrupted`. Keras' global precision
-    policy is set for the run and put back afterwards, so a run leaves the calling process (a
-    test, a notebook) as it found it.
+    `stop` lets the caller ask for a graceful stop (a signal handler): a resume checkpoint after the
+    current step, then `Interrupted`. `mlflow` (a URI; "" for the default store) tracks the run as
+    `tracking.mlflow` does. Keras' global precision policy is put back afterwards.
     """
     import keras
 
@@ -66,8 +66,11 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
     try:
         resumption = resume.prepare(config, Path(resume_from), chief=runtime.is_chief()) if resume_from else None
         locks += [resumption.lock] if resumption and resumption.lock else []
+        tracker = tracking.configured(config, resumption.run_dir.parent if resumption else runs_dir, mlflow,
+                                      parent_run_id, resumption.manifest if resumption else None)
         ctx, manifest = _start(config, resumption, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir,
                                smoke=smoke, callbacks=callbacks, log=log, stop=stop or Stop(), locks=locks)
+        ctx.tracker = tracking.attach(tracker if ctx.chief else None, manifest, ctx.run_dir)
         return _train(ctx, manifest, started)
     finally:
         for lock in locks:
@@ -135,6 +138,7 @@ def _train(ctx: RunContext, manifest: rundir.Manifest, started: float) -> result
     def finish(**fields):
         manifest.update(end_time=rundir.now(),
                         wall_seconds=round(elapsed_before + time.perf_counter() - started, 2), **fields)
+        tracking.finish(ctx.tracker, manifest, ctx.run_dir)
 
     try:
         model, checkpoint = _fit(ctx)
@@ -169,6 +173,7 @@ def _fit(ctx: RunContext):
     """Build (or restore) the model and run Keras' fit, finishing an interrupted epoch first."""
     from cnnctl import callbacks as cb
     from cnnctl.compile import make_metrics, make_optimizer
+    from cnnctl.data import make_dataset, make_epoch_dataset
     from cnnctl.model import build_model
     from cnnctl.summary import text as summary_text
 
@@ -178,18 +183,12 @@ def _fit(ctx: RunContext):
     one_hot = train.loss == "categorical_crossentropy"
 
     def epochs_from(start_epoch, skip_steps=0, epochs=None):
-        from cnnctl.data import make_epoch_dataset
-
         return make_epoch_dataset(splits.x_train, splits.y_train, batch_size=train.batch_size, num_classes=num_classes,
                                   one_hot=one_hot, shuffle=train.shuffle, seed=config.seed, start_epoch=start_epoch,
                                   skip_steps=skip_steps, epochs=epochs)
 
-    val_ds = None
-    if splits.x_val is not None:
-        from cnnctl.data import make_dataset
-
-        val_ds = make_dataset(splits.x_val, splits.y_val, batch_size=train.batch_size, num_classes=num_classes,
-                              one_hot=one_hot)
+    val_ds = make_dataset(splits.x_val, splits.y_val, batch_size=train.batch_size, num_classes=num_classes,
+                          one_hot=one_hot) if splits.x_val is not None else None
     with ctx.strategy.scope():
         model = build_model(config.model, name=config.name, float32_output=ctx.plan.precision != "float32")
         model.compile(optimizer=make_optimizer(train.optimizer, steps, train.epochs), loss=train.loss,
@@ -205,7 +204,7 @@ def _fit(ctx: RunContext):
         resume.reconcile_metrics(ctx.run_dir / rundir.METRICS, state)
 
     callback_list, checkpoint, nan_guard = cb.for_run(ctx.run_dir, train, stop, state, steps, write=ctx.chief,
-                                                      extra=ctx.callbacks)
+                                                      extra=ctx.callbacks, tracker=ctx.tracker)
     start_epoch, skip = (state.epoch, state.step) if state else (0, 0)
     if skip and start_epoch < train.epochs:  # finish the interrupted epoch first
         model.fit(epochs_from(start_epoch, skip, epochs=1), validation_data=val_ds, initial_epoch=start_epoch,
@@ -225,13 +224,12 @@ def _evaluate(ctx: RunContext, model, checkpoint) -> results.TrainResult:
 
     run_dir, splits, stop, train = ctx.run_dir, ctx.splits, ctx.stop, ctx.config.train
     hist = history.read_metrics_csv(run_dir / rundir.METRICS) if ctx.chief else {}
-    epochs_run = len(hist.get("epoch", []))
+    epochs_run, status, message, report, warnings = len(hist.get("epoch", [])), "completed", None, None, []
     if ctx.chief:
         files.write_json(run_dir / rundir.HISTORY, hist)
-    status, message, report, warnings = "completed", None, None, []
     if stop.reason == "nan":
-        status = "failed"
-        message = f"loss became NaN at {nan_where(*stop.where, ctx.steps_per_execution)}; the last good checkpoint is kept"
+        status, message = "failed", f"loss became NaN at {nan_where(*stop.where, ctx.steps_per_execution)}; the " \
+                                    "last good checkpoint is kept"
         ctx.log(message)
     elif stop.reason == "interrupt":
         return results.TrainResult(run_dir, "interrupted", epochs_run, checkpoint.best_epoch, 0.0, None, None, hist)
@@ -241,8 +239,7 @@ def _evaluate(ctx: RunContext, model, checkpoint) -> results.TrainResult:
         report.update(checkpoint=rundir.BEST, best_epoch=checkpoint.best_epoch, created=rundir.now())
     if ctx.chief:  # a failed run gets its learning curves, without eval.json
         warnings = results.write_evaluation(run_dir, report, splits.x_test, ctx.log)
-    images = history.steady_images_per_second(hist, len(splits.x_train))
     expect = results.check_expectations(ctx.config, report, hist, model.count_params(), ctx.smoke)
-    return results.TrainResult(run_dir, status, epochs_run, checkpoint.best_epoch, 0.0, images, report, hist, expect,
-                       message, warnings=warnings)
+    return results.TrainResult(run_dir, status, epochs_run, checkpoint.best_epoch, 0.0, history.steady_images_per_second(
+        hist, len(splits.x_train)), report, hist, expect, message, warnings=warnings)
 

@@ -52,6 +52,7 @@ class Study:
     storage_url: str
     name: str  # the Optuna study name
     smoke: bool = False
+    parent_run_id: str | None = None  # the study's MLflow run, parent of the trials' (tracking.mlflow)
 
     @property
     def tune(self) -> TuneConfig:
@@ -266,7 +267,7 @@ def run_worker(study: Study, *, log: Callable[[str], None] = lambda m: None, sto
     callbacks = [optuna.study.MaxTrialsCallback(study.tune.trials, states=(optuna.trial.TrialState.COMPLETE,
                                                                            optuna.trial.TrialState.PRUNED))]
     if on_trial is not None:
-        callbacks.append(lambda s, t: None if t.user_attrs.get("skipped") else on_trial(t))
+        callbacks.append(lambda s, t: None if t.user_attrs.get("skipped") else on_trial(trial_row(t)))
     optuna_study.optimize(objective, callbacks=callbacks, catch=(_Skip, ConfigError),
                           timeout=timeout_minutes * 60 if timeout_minutes else None, gc_after_trial=True)
 
@@ -282,9 +283,10 @@ def _run_trial(study: Study, optuna_study, trial, log, stop) -> float:
     config = space.trial_config(copy.deepcopy(study.raw), params, f"trial {trial.number}")
     reporter = Reporter(trial, study.tune.metric)
     run_name = f"trial-{trial.number:04d}"
+    quiet = lambda message: None if message.startswith("device ") else log(message)  # noqa: E731 - once a study
     try:
         result = train.run(config, runs_dir=study.directory / TRIALS, run_name=run_name, smoke=study.smoke,
-                           callbacks=[reporter], stop=stop, log=log)
+                           callbacks=[reporter], stop=stop, log=quiet, parent_run_id=study.parent_run_id)
     except Interrupted:  # Ctrl-C: the same values are tried again when the study continues
         optuna_study.enqueue_trial(params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         optuna_study.stop()
@@ -340,10 +342,16 @@ def summarize(study: Study) -> dict:
         summary["best"] = {"number": best.number, "value": best.value, "run_dir": str(best_dir),
                            "params": {k: _param(v) for k, v in best.params.items()},
                            "config": str(study.directory / "best.yaml")}
+    if study.parent_run_id and summary["finished"] >= study.tune.trials:  # the study's MLflow run is done
+        from cnnctl import tracking
+
+        parent = tracking.configured(study.config, study.directory, run_id=study.parent_run_id)
+        parent._guard("end the study's run", parent.client.set_terminated, study.parent_run_id, "FINISHED")
+        summary["warnings"] += parent.problems
     from cnnctl.plots import try_study_plots
 
-    summary["warnings"] = try_study_plots(rows, keys, study.tune.metric, study.direction,
-                                          _importances(optuna_study), study.directory / "plots")
+    summary["warnings"] += try_study_plots(rows, keys, study.tune.metric, study.direction,
+                                           _importances(optuna_study), study.directory / "plots")
     return summary
 
 
@@ -381,13 +389,28 @@ def start(config_path: Path | None, *, resume_dir: Path | None = None, overrides
         _read_study_json(Path(resume_dir))
         config, raw = load_experiment(Path(resume_dir) / EXPERIMENT, overrides)
         saved = rundir.read_json(Path(resume_dir) / STUDY)
-        return open_directory(config, raw, directory=resume_dir, storage=storage, smoke=bool(saved.get("smoke")))
+        return _tracked(open_directory(config, raw, directory=resume_dir, storage=storage,
+                                       smoke=bool(saved.get("smoke"))))
     config, raw = load_experiment(config_path, overrides)
     directory = Path(runs_dir) / f"{config.name}-{'smoke-' if smoke else ''}tune"
-    return open_directory(config, raw, directory=directory, storage=storage, smoke=smoke)
+    return _tracked(open_directory(config, raw, directory=directory, storage=storage, smoke=smoke))
 
 
-def run(study: Study, *, workers: int = 1, timeout_minutes: float | None = None,
+def _tracked(study: Study) -> Study:
+    """With tracking.mlflow, the study's own MLflow run (created once, kept in study.json) is the trials' parent."""
+    from cnnctl import tracking
+
+    saved = rundir.read_json(study.directory / STUDY)
+    tracker = tracking.configured(study.config, study.directory, run_id=saved.get("mlflow_run_id"))
+    if tracker is None:
+        return study
+    if tracker.start(study.directory.name) and tracker.run_id != saved.get("mlflow_run_id"):
+        files.write_json(study.directory / STUDY, dict(saved, mlflow_run_id=tracker.run_id))
+    study.parent_run_id = tracker.run_id
+    return study
+
+
+def run(study: Study, workers: int = 1, timeout_minutes: float | None = None, *,
         log: Callable[[str], None] = lambda m: None, stop=None, on_trial: Callable | None = None) -> int:
     """Run the study's trials: in this process, or in `workers` processes on this machine. The exit code."""
     try:

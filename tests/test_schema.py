@@ -97,7 +97,7 @@ def test_the_json_schema_has_every_top_level_section(json_schema):
     assert json_schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert json_schema["title"] == "cnnctl experiment config" and json_schema["description"] == "A cnnctl experiment."
     assert set(json_schema["properties"]) == set(Config.model_fields) == {
-        "name", "description", "seed", "data", "model", "train", "runtime", "expect", "tune"}
+        "name", "description", "seed", "data", "model", "train", "runtime", "expect", "tune", "tracking"}
     assert set(json_schema["required"]) == {"name", "data", "model", "train"}
     assert json_schema["additionalProperties"] is False
 
