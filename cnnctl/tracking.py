@@ -127,7 +127,13 @@ class Tracker:
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
-        return found.experiment_id if found is not None else self.client.create_experiment(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        # A local SQLite store keeps its artifacts beside it (MLflow's default is ./mlruns of the current
+        # directory); a server decides for itself.
+        location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri() \
+            if self.uri.startswith("sqlite:///") else None
+        return self.client.create_experiment(self.experiment, artifact_location=location)
 
     def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
         """One metrics.csv row, step = epoch, unless that epoch is already in the run."""
