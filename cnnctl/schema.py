@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cnnctl.layers import Layer, LayerEntry
 
@@ -263,7 +263,8 @@ Scalar = bool | int | float | str | None
 class Dimension(Section):
     """One searched config value: exactly one of uniform, log_uniform, int, choice."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, populate_by_name=True,
+                              allow_inf_nan=False)
 
     uniform: tuple[float, float] | None = None
     """[low, high]: a float drawn uniformly."""
@@ -275,6 +276,18 @@ class Dimension(Section):
     """For int and uniform: only values low, low + step, ... (an int's step must be whole)."""
     choice: Annotated[list[Scalar | list[Scalar]], Field(min_length=1, max_length=1000)] | None = None
     """The values to choose from (numbers, strings, booleans, or lists such as a kernel size)."""
+
+    @field_validator("choice", mode="before")
+    @classmethod
+    def _plain_choices(cls, value):
+        """One short message per bad choice, not one per member of the union of types a choice may take."""
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                items = item if isinstance(item, list) else [item]
+                if not all(isinstance(i, bool | int | float | str) or i is None for i in items):
+                    raise ValueError(f"choice[{index}] must be a number, a string, a boolean, null or a list of "
+                                     f"them, got {type(item).__name__}")
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Dimension:

@@ -20,6 +20,7 @@ from cnnctl.config import (
     check_layer_names,
     check_shapes,
     format_path,
+    printable,
     validate,
 )
 from cnnctl.errors import ConfigError
@@ -40,12 +41,14 @@ def trial_config(raw: dict, params: dict[str, Any], name: str) -> Config:
     return config
 
 
-def _without_location(problem: str, key: str, name: str) -> str:
-    """A problem of `trial_config` as it reads after the key: its location ('--set KEY: ', or the file's
-    name for a problem of the whole stack) removed."""
-    for prefix in (f"--set {format_path(_parse_key_path(key))}: ", f"{name}: "):
-        if problem.startswith(prefix):
-            return problem[len(prefix):]
+def _without_location(problem: str, name: str) -> str:
+    """A problem of `trial_config` as it reads after the key: its location ('--set PATH: ' of the value or
+    a key above it, or the file's name for a problem of the whole stack) removed."""
+    import re
+
+    for prefix in (r"--set [^:]+: ", re.escape(f"{name}: ")):
+        if re.match(prefix, problem):
+            return re.sub(f"^{prefix}", "", problem, count=1)
     return problem
 
 
@@ -53,7 +56,7 @@ def check(config: Config, raw: dict, source: Source) -> None:
     """Every dimension of config.tune.space, at its extremes, gives a valid config; all problems at once."""
     problems = []
     for key, dimension in config.tune.space.items():
-        where = f"{source.locate(('tune', 'space', key), at_key=True)}: tune.space.{key}"
+        where = f"{source.locate(('tune', 'space', key), at_key=True)}: tune.space.{printable(key)}"
         try:
             path = _parse_key_path(key)
         except ValueError as exc:
@@ -66,11 +69,11 @@ def check(config: Config, raw: dict, source: Source) -> None:
             try:
                 trial_config(raw, {key: value}, source.name)
             except ConfigError as exc:
-                reasons = "; ".join(_without_location(p, key, source.name) for p in exc.problems)
+                reasons = "; ".join(_without_location(p, source.name) for p in exc.problems)
                 problems.append(f"{where}: with {json.dumps(value)[:60]}: {reasons}")
                 break
     if config.tune.sampler == "grid":
-        problems += [f"{source.locate(('tune', 'space', key), at_key=True)}: tune.space.{key}: the grid sampler "
+        problems += [f"{source.locate(('tune', 'space', key), at_key=True)}: tune.space.{printable(key)}: the grid sampler "
                      f"needs a choice or an int with a step" for key, d in config.tune.space.items()
                      if d.kind not in ("choice", "integer") or (d.kind == "integer" and not d.step and
                                                                 d.integer[1] - d.integer[0] > 1000)]
@@ -99,7 +102,8 @@ def suggest(trial, space: dict[str, Dimension]) -> dict[str, Any]:
         elif d.kind == "log_uniform":
             params[key] = trial.suggest_float(key, *d.log_uniform, log=True)
         elif d.kind == "integer":
-            params[key] = trial.suggest_int(key, *d.integer, step=int(d.step or 1))
+            low, high = d.extremes()  # the top value a step reaches
+            params[key] = trial.suggest_int(key, low, high, step=int(d.step or 1))
         else:  # Optuna stores choices as JSON-able scalars: a list choice goes by its index
             index = trial.suggest_categorical(key, [json.dumps(c) for c in d.choice])
             params[key] = json.loads(index)

@@ -66,9 +66,10 @@ class Study:
 
     def record(self) -> dict:
         """What the study is, stored in study.json and in the Optuna study's attributes."""
+        experiment = {k: v for k, v in self.raw.items() if k not in ("tune", "tracking")}
         return {"space": space.describe(self.tune.space), "seed": self.seed, "metric": self.tune.metric,
                 "direction": self.direction, "sampler": self.tune.sampler, "pruner": self.tune.pruner,
-                "smoke": self.smoke}
+                "smoke": self.smoke, "experiment": json.loads(json.dumps(experiment))}
 
     @property
     def seed(self) -> int:
@@ -81,13 +82,25 @@ def load_experiment(path: Path, overrides: list[str]) -> tuple[Config, dict]:
     raw, source = read_config_file(path)
     if config.tune is None:
         raise ConfigError(f"{source.locate(())}: no tune section: add `tune: {{metric: val_accuracy, trials: 12, "
-                          "space: {train.optimizer.learning_rate: {log_uniform: [1.0e-4, 1.0e-1]}}}}`")
-    if config.tune.metric.startswith("val_") and config.train.validation == "none":
-        raise ConfigError(f"{source.locate(('tune', 'metric'))}: tune.metric: {config.tune.metric} needs "
-                          "validation; set train.validation to split or test")
+                          "space: {train.optimizer.learning_rate: {log_uniform: [1.0e-4, 1.0e-1]}}}`")
+    _check_metric(config, source)
     resolved = yaml.safe_load(to_yaml(config))
     space.check(config, resolved, _located(source, overrides))
     return config, resolved
+
+
+def _check_metric(config: Config, source: Source) -> None:
+    """tune.metric is a value the trials' runs record: a metrics.csv column, or a test result."""
+    from cnnctl.config import _suggest, printable
+
+    names = ["loss", *config.train.metrics]
+    known = [*names, *(f"val_{n}" for n in names), *(f"test_{n}" for n in names)]
+    metric, where = config.tune.metric, f"{source.locate(('tune', 'metric'))}: tune.metric"
+    if metric not in known:
+        raise ConfigError(f"{where}: {printable(metric)!r} is not recorded by the runs{_suggest(metric, known)} "
+                          f"(one of {', '.join(known)})")
+    if metric.startswith("val_") and config.train.validation == "none":
+        raise ConfigError(f"{where}: {metric} needs validation; set train.validation to split or test")
 
 
 def _located(source: Source, overrides: list[str]) -> Source:
@@ -113,7 +126,7 @@ def open_directory(config: Config, raw: dict, *, runs_dir: Path | None = None, d
         saved = _read_study_json(directory)
         hidden = directory / ".storage"
         url = storage or os.environ.get("CNNCTL_TUNE_STORAGE") or \
-            (hidden.read_text().strip() if hidden.is_file() else saved["storage"])
+            (hidden.read_text().strip() if hidden.is_file() else _default_storage(directory))
         study = Study(directory, config, raw, url, name=saved.get("study_name", config.name), smoke=smoke)
         return study
     if directory.exists() and any(directory.iterdir()):
@@ -122,14 +135,20 @@ def open_directory(config: Config, raw: dict, *, runs_dir: Path | None = None, d
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TuneError(f"{directory}: cannot create the study directory: {exc.strerror}") from None
-    url = storage or f"sqlite:///{(directory / DATABASE).resolve()}"
+    url = storage or _default_storage(directory)
     study = Study(directory, config, raw, url, name=config.name, smoke=smoke)
     files.write_text(directory / EXPERIMENT, to_yaml(config))
-    files.write_text(directory / ".storage", url)  # the full URL (a password too) stays out of study.json
-    (directory / ".storage").chmod(0o600)
+    if storage:  # the full URL (a password too) stays out of study.json; the default follows the directory
+        files.write_text(directory / ".storage", url)
+        (directory / ".storage").chmod(0o600)
     files.write_json(directory / STUDY, dict(study.record(), storage=_safe_url(url), study_name=study.name,
                                              cnnctl=__version__, created=rundir.now()))
     return study
+
+
+def _default_storage(directory: Path) -> str:
+    """SQLite in the study directory, wherever the directory is now (it may have been moved)."""
+    return f"sqlite:///{(Path(directory) / DATABASE).resolve()}"
 
 
 def _read_study_json(directory: Path) -> dict:
@@ -145,9 +164,20 @@ def _safe_url(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
+def _driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; the postgres extra installs psycopg2."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
 def _storage(url: str):
     import optuna
 
+    url = _driver_url(url)
     return optuna.storages.RDBStorage(
         url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else
         {"connect_args": {"timeout": 60}},
@@ -155,14 +185,17 @@ def _storage(url: str):
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
 
 
-def _sampler(study: Study):
+def _sampler(study: Study, offset: int = 0):
+    """The study's sampler; `offset` (a trial's number) varies the seed so that a continued study or another
+    worker does not draw the same values again, while one worker's search stays reproducible."""
     import optuna
 
+    seed = (study.seed + offset) % 2**32
     if study.tune.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(study.tune.space), seed=study.seed)
+        return optuna.samplers.GridSampler(space.grid(study.tune.space), seed=seed)
     if study.tune.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=study.seed)
-    return optuna.samplers.TPESampler(seed=study.seed, n_startup_trials=min(10, max(2, study.tune.trials // 3)))
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, study.tune.trials // 3)))
 
 
 def _pruner(study: Study):
@@ -179,25 +212,28 @@ def open_study(study: Study):
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # cnnctl shows trial states (and failures) itself
     # heartbeats and their retry callback are "experimental" in Optuna's words: they are what we rely on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="optuna")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="cnnctl")
-    try:
-        opened = optuna.create_study(storage=_storage(study.storage_url), sampler=_sampler(study),
-                                     pruner=_pruner(study), study_name=study.name, direction=study.direction,
-                                     load_if_exists=True)
-    except Exception as exc:  # noqa: BLE001 - a database that cannot be reached or read, in any driver's words
-        raise TuneError(f"{_safe_url(study.storage_url)}: cannot open the study: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:300]}") from None
+    for attempt in range(5):  # processes opening a new database at once race to create its tables
+        try:
+            opened = optuna.create_study(storage=_storage(study.storage_url), sampler=_sampler(study),
+                                         pruner=_pruner(study), study_name=study.name, direction=study.direction,
+                                         load_if_exists=True)
+            break
+        except Exception as exc:  # noqa: BLE001 - a database that cannot be reached or read, in any driver's words
+            if attempt == 4:
+                raise TuneError(f"{_safe_url(study.storage_url)}: cannot open the study: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+            time.sleep(0.5 * (attempt + 1))
     wanted, stored = json.loads(json.dumps(study.record())), opened.user_attrs.get("cnnctl")
     if stored is None:
         opened.set_user_attr("cnnctl", dict(wanted, version=__version__))
     else:
         changed = [key for key in wanted if stored.get(key) != wanted[key]]
         if changed:
-            what = "; ".join(f"{key}: was {json.dumps(stored.get(key))[:200]}, now {json.dumps(wanted[key])[:200]}"
-                             for key in changed)
+            what = "; ".join(_change(key, stored.get(key), wanted[key]) for key in changed)
             raise TuneError(f"study {study.name!r} in {_safe_url(study.storage_url)} was created with another "
                             f"{', '.join(changed)} ({what})",
                             hint="start a new study (another config name, or a new study directory)")
@@ -208,6 +244,32 @@ def finished(trials) -> int:
     from optuna.trial import TrialState
 
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+def _change(key: str, was, now) -> str:
+    """What changed in one recorded property of a study: the keys of a mapping, else the two values."""
+    from cnnctl.resume import changed_keys
+
+    if isinstance(was, dict) and isinstance(now, dict):
+        keys = changed_keys(was, now)
+        shown = [f"{key}.{k}: was {json.dumps(_at(was, k))[:60]}, now {json.dumps(_at(now, k))[:60]}" for k in keys[:5]]
+        return "; ".join(shown) + (f"; and {len(keys) - 5} more" if len(keys) > 5 else "")
+    return f"{key}: was {json.dumps(was)[:200]}, now {json.dumps(now)[:200]}"
+
+
+def _at(mapping: dict, dotted: str):
+    """The value at a dotted key of `changed_keys` (keys may themselves hold dots: tried longest first)."""
+    if dotted in mapping:
+        return mapping[dotted]
+    for cut in range(len(dotted), 0, -1):
+        head = dotted[:cut]
+        if head in mapping and isinstance(mapping[head], dict) and dotted[cut:cut + 1] == ".":
+            return _at(mapping[head], dotted[cut + 1:])
+    return None
+
+
+class TrialFailed(Exception):
+    """A trial whose run failed (a NaN loss, say): recorded as failed; the study goes on."""
 
 
 class _Skip(Exception):
@@ -229,6 +291,11 @@ def _wait_for_a_place(optuna_study, trial, target: int, stop) -> None:
             trial.set_user_attr("skipped", "enough trials were done or running")
             optuna_study.stop()
             raise _Skip
+        queued = any(t.state == TrialState.WAITING for t in trials)
+        retry = "fixed_params" in next(t for t in trials if t.number == trial.number).system_attrs
+        if queued and not retry and done + ahead + 1 >= target:
+            trial.set_user_attr("skipped", "a retry waiting in the queue goes first")
+            raise _Skip  # the study goes on: the next trial Optuna gives this worker is the retry
         if done + ahead < target:
             return
         time.sleep(HEARTBEAT_SECONDS)
@@ -262,13 +329,14 @@ def run_worker(study: Study, *, log: Callable[[str], None] = lambda m: None, sto
 
     def objective(trial):
         _wait_for_a_place(optuna_study, trial, study.tune.trials, stop)
+        optuna_study.sampler = _sampler(study, offset=trial.number)  # (seed, number): no repeats across processes
         return _run_trial(study, optuna_study, trial, log, stop)
 
     callbacks = [optuna.study.MaxTrialsCallback(study.tune.trials, states=(optuna.trial.TrialState.COMPLETE,
                                                                            optuna.trial.TrialState.PRUNED))]
     if on_trial is not None:
         callbacks.append(lambda s, t: None if t.user_attrs.get("skipped") else on_trial(trial_row(t)))
-    optuna_study.optimize(objective, callbacks=callbacks, catch=(_Skip, ConfigError),
+    optuna_study.optimize(objective, callbacks=callbacks, catch=(_Skip, ConfigError, TrialFailed),
                           timeout=timeout_minutes * 60 if timeout_minutes else None, gc_after_trial=True)
 
 
@@ -288,15 +356,17 @@ def _run_trial(study: Study, optuna_study, trial, log, stop) -> float:
         result = train.run(config, runs_dir=study.directory / TRIALS, run_name=run_name, smoke=study.smoke,
                            callbacks=[reporter], stop=stop, log=quiet, parent_run_id=study.parent_run_id)
     except Interrupted:  # Ctrl-C: the same values are tried again when the study continues
-        optuna_study.enqueue_trial(params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        optuna_study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         optuna_study.stop()
         raise
     finally:
         keras.backend.clear_session()
     trial.set_user_attr("run_dir", str(Path(result.run_dir).resolve()))
     trial.set_user_attr("epochs_run", result.epochs_run)
+    used = Path(result.run_dir) / rundir.CONFIG  # the config as the run used it (best.yaml, on any machine)
+    trial.set_user_attr("config", used.read_text(encoding="utf-8") if used.is_file() else to_yaml(config))
     if result.status != "completed":
-        raise TuneError(f"trial {trial.number}: the run {result.status}: {result.message}")
+        raise TrialFailed(f"trial {trial.number}: the run {result.status}: {result.message}")
     value = objective_value(study, result)
     if reporter.pruned:
         _note_in_manifest(result.run_dir, trial.number, "pruned")
@@ -338,7 +408,10 @@ def summarize(study: Study) -> dict:
                "warnings": []}
     if best is not None:
         best_dir = Path(best.user_attrs["run_dir"])
-        shutil.copyfile(best_dir / rundir.CONFIG, study.directory / "best.yaml")
+        if best.user_attrs.get("config"):  # recorded in the study: the best run may be on another machine
+            files.write_text(study.directory / "best.yaml", best.user_attrs["config"])
+        else:
+            shutil.copyfile(best_dir / rundir.CONFIG, study.directory / "best.yaml")
         summary["best"] = {"number": best.number, "value": best.value, "run_dir": str(best_dir),
                            "params": {k: _param(v) for k, v in best.params.items()},
                            "config": str(study.directory / "best.yaml")}
@@ -432,11 +505,12 @@ def run_workers(study: Study, workers: int, *, timeout_minutes: float | None, lo
     import subprocess
     import sys
 
+    open_study(study)  # created here, before the workers race to create it
     command = [sys.executable, "-m", "cnnctl", "tune", "--resume", str(study.directory), "--worker"]
     if timeout_minutes:
         command += ["--timeout", str(timeout_minutes)]
     env = dict(os.environ, CNNCTL_TUNE_STORAGE=study.storage_url)
-    procs = [subprocess.Popen(command, env=env, start_new_session=True) for _ in range(workers)]
+    procs = [subprocess.Popen(command, env=env, start_new_session=True, stdout=sys.stderr) for _ in range(workers)]
     log(f"{workers} workers started: pids {', '.join(str(p.pid) for p in procs)}")
     passed_on = False
     while any(p.poll() is None for p in procs):
