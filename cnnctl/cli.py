@@ -99,7 +99,6 @@ def config(config: ConfigArg, set_: SetOpt = None) -> None:
 def schema() -> None:
     """Print the JSON Schema of the config format (for editor validation)."""
     from cnnctl.schema import json_schema
-
     render.print_json(json_schema(), out)
 
 
@@ -233,13 +232,14 @@ def tune(
 def sync(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, or a runs directory.", show_default=False)],
     mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="URI (default: the run's, or mlflow.db).")] = None,
-    json_: JsonOpt = False,
-) -> None:
-    """Log finished runs to MLflow afterwards, or complete what a run could not log; twice changes nothing."""
+    json_: JsonOpt = False) -> None:
+    """Log runs to MLflow afterwards, or what a run could not log (exit 1 if still not all); twice changes nothing."""
     with _errors():
         from cnnctl.tracking import sync_all
 
-        render.synced(sync_all(run_dirs, mlflow), out, as_json=json_)
+        rows = sync_all(run_dirs, mlflow)
+        render.synced(rows, out, as_json=json_)
+        raise typer.Exit(int(any(row["problems"] for row in rows)))  # 1: not all logged, try again later
 
 
 @app.command()

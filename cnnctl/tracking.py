@@ -37,6 +37,18 @@ def default_uri(runs_dir: str | Path) -> str:
     return f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}"
 
 
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def check_uri(uri: str) -> str:
+    """A tracking URI MLflow can use, else TrackingError (before any run directory is made)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
+    if scheme not in SCHEMES:
+        raise TrackingError(f"--mlflow / tracking.mlflow.uri {uri[:100]!r}: not a tracking URI MLflow can use "
+                            f"(it starts with one of {', '.join(s + ':' for s in SCHEMES)})")
+    return uri
+
+
 def require_mlflow() -> None:
     try:
         import mlflow  # noqa: F401
@@ -173,8 +185,11 @@ def sync(tracker: Tracker, run_dir: Path) -> Tracker:
     client = tracker.client
     config = yaml.safe_load((run_dir / rundir.CONFIG).read_text(encoding="utf-8"))
     logged = client.get_run(tracker.run_id).data.params if not tracker.problems else {}
-    params = [Param(k, v) for k, v in params_of(config).items() if k not in logged]
+    wanted = params_of(config)
+    params = [Param(k, v) for k, v in wanted.items() if k not in logged]
     tags = [RunTag(k, v) for k, v in tags_of(dict(manifest, run_dir=str(run_dir.resolve()))).items()]
+    # MLflow params never change: a value changed with --set on resume is noted as a tag
+    tags += [RunTag(f"cnnctl.changed.{k}"[:250], v) for k, v in wanted.items() if k in logged and logged[k] != v]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         tracker._guard("log params", client.log_batch, tracker.run_id, params=params[start:start + 100])
     tracker._guard("set tags", client.log_batch, tracker.run_id, tags=tags)
@@ -183,7 +198,8 @@ def sync(tracker: Tracker, run_dir: Path) -> Tracker:
     columns = history.read_metrics_csv(run_dir / rundir.METRICS)
     for index, epoch in enumerate(columns.get("epoch", [])):
         tracker.log_epoch(epoch, {k: v[index] for k, v in columns.items()})
-    for name in ARTIFACTS:
+    rundir.Manifest.load(run_dir).update(tracking={"mlflow": tracker.record()})  # as uploaded, below
+    for name in (*[a for a in ARTIFACTS if a != rundir.MANIFEST], rundir.MANIFEST):  # the manifest last
         if (run_dir / name).is_file():
             tracker._guard(f"upload {name}", client.log_artifact, tracker.run_id, str(run_dir / name))
     if (run_dir / rundir.PLOTS).is_dir():
@@ -206,7 +222,7 @@ def for_run(run_dir: Path, uri: str | None = None) -> Tracker:
     recorded = (manifest.get("tracking") or {}).get("mlflow") or {}
     if uri is None and "***" in str(recorded.get("uri", "")):
         raise TrackingError(f"{run_dir}: the run was tracked at {recorded['uri']}; give --mlflow URI with the password")
-    target = uri or recorded.get("uri") or default_uri(Path(run_dir).parent)
+    target = check_uri(uri or recorded.get("uri") or default_uri(Path(run_dir).parent))
     same_store = safe_uri(target) == recorded.get("uri")
     return Tracker(target, recorded.get("experiment") or manifest.get("config_name") or Path(run_dir).name,
                    bool(recorded.get("log_models")), recorded.get("run_id") if same_store else None,
@@ -226,6 +242,7 @@ def configured(config, runs_dir: str | Path, uri: str | None = None, parent_run_
         or default_uri(runs_dir)
     if "***" in target:
         raise TrackingError(f"the run was tracked at {target}; give --mlflow URI with the password")
+    check_uri(target)
     experiment = (section.experiment if section is not None and section.experiment else None) \
         or recorded.get("experiment") or config.name
     log_models = bool(section.log_models) if section is not None else bool(recorded.get("log_models"))
@@ -242,7 +259,7 @@ def attach(tracker: Tracker | None, manifest, run_dir: Path) -> Tracker | None:
     return tracker
 
 
-def finish(tracker: Tracker | None, manifest, run_dir: Path) -> None:
+def finish(tracker: Tracker | None, manifest, run_dir: Path, log=lambda message: None) -> None:
     """At the end of a run, however it ended: sync what is missing, set the status, note what was not logged."""
     if tracker is None:
         return
@@ -250,7 +267,10 @@ def finish(tracker: Tracker | None, manifest, run_dir: Path) -> None:
         sync(tracker, run_dir)
     except Exception as exc:  # noqa: BLE001 - tracking never costs a run
         tracker.problems.append(f"sync: {type(exc).__name__}: {str(exc)[:200]}")
-    manifest.update(tracking={"mlflow": tracker.record()})
+    manifest.data["tracking"] = {"mlflow": tracker.record()}
+    manifest.update()
+    if tracker.problems:
+        log(f"warning: MLflow: not all logged ({tracker.problems[0]}); later: cnnctl sync {run_dir}")
 
 
 def sync_all(paths: list[Path], uri: str | None = None) -> list[dict]:

@@ -138,7 +138,7 @@ def _train(ctx: RunContext, manifest: rundir.Manifest, started: float) -> result
     def finish(**fields):
         manifest.update(end_time=rundir.now(),
                         wall_seconds=round(elapsed_before + time.perf_counter() - started, 2), **fields)
-        tracking.finish(ctx.tracker, manifest, ctx.run_dir)
+        tracking.finish(ctx.tracker, manifest, ctx.run_dir, ctx.log)
 
     try:
         model, checkpoint = _fit(ctx)

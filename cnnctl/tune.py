@@ -53,6 +53,7 @@ class Study:
     name: str  # the Optuna study name
     smoke: bool = False
     parent_run_id: str | None = None  # the study's MLflow run, parent of the trials' (tracking.mlflow)
+    mlflow_uri: str | None = None  # its store, the trials' too
 
     @property
     def tune(self) -> TuneConfig:
@@ -354,7 +355,8 @@ def _run_trial(study: Study, optuna_study, trial, log, stop) -> float:
     quiet = lambda message: None if message.startswith("device ") else log(message)  # noqa: E731 - once a study
     try:
         result = train.run(config, runs_dir=study.directory / TRIALS, run_name=run_name, smoke=study.smoke,
-                           callbacks=[reporter], stop=stop, log=quiet, parent_run_id=study.parent_run_id)
+                           callbacks=[reporter], stop=stop, log=quiet, parent_run_id=study.parent_run_id,
+                           mlflow=study.mlflow_uri)
     except Interrupted:  # Ctrl-C: the same values are tried again when the study continues
         optuna_study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         optuna_study.stop()
@@ -418,7 +420,7 @@ def summarize(study: Study) -> dict:
     if study.parent_run_id and summary["finished"] >= study.tune.trials:  # the study's MLflow run is done
         from cnnctl import tracking
 
-        parent = tracking.configured(study.config, study.directory, run_id=study.parent_run_id)
+        parent = tracking.configured(study.config, study.directory.parent, study.mlflow_uri, run_id=study.parent_run_id)
         parent._guard("end the study's run", parent.client.set_terminated, study.parent_run_id, "FINISHED")
         summary["warnings"] += parent.problems
     from cnnctl.plots import try_study_plots
@@ -465,6 +467,10 @@ def start(config_path: Path | None, *, resume_dir: Path | None = None, overrides
         return _tracked(open_directory(config, raw, directory=resume_dir, storage=storage,
                                        smoke=bool(saved.get("smoke"))))
     config, raw = load_experiment(config_path, overrides)
+    if config.tracking is not None and config.tracking.mlflow is not None:
+        from cnnctl.tracking import require_mlflow
+
+        require_mlflow()  # before the study directory is made
     directory = Path(runs_dir) / f"{config.name}-{'smoke-' if smoke else ''}tune"
     return _tracked(open_directory(config, raw, directory=directory, storage=storage, smoke=smoke))
 
@@ -474,12 +480,13 @@ def _tracked(study: Study) -> Study:
     from cnnctl import tracking
 
     saved = rundir.read_json(study.directory / STUDY)
-    tracker = tracking.configured(study.config, study.directory, run_id=saved.get("mlflow_run_id"))
+    # the default store is the runs directory's (runs/mlflow.db), as for the runs trained there
+    tracker = tracking.configured(study.config, study.directory.parent, run_id=saved.get("mlflow_run_id"))
     if tracker is None:
         return study
     if tracker.start(study.directory.name) and tracker.run_id != saved.get("mlflow_run_id"):
         files.write_json(study.directory / STUDY, dict(saved, mlflow_run_id=tracker.run_id))
-    study.parent_run_id = tracker.run_id
+    study.parent_run_id, study.mlflow_uri = tracker.run_id, tracker.uri
     return study
 
 
