@@ -1,17 +1,15 @@
-"""`cnnctl tune`: a hyperparameter search with Optuna over the config's `tune.space`.
+"""`cnnctl tune`: the trials of a study (study.py), run by Optuna in one process or several.
 
-A study directory (`runs/<name>-tune`) holds the experiment (config.yaml), what the study was
-created with (study.json), the Optuna study (study.db, SQLite, unless --storage names another
-database, e.g. PostgreSQL shared by several machines), one ordinary run directory per trial under
-trials/, and the reports: trials.csv, best.yaml and plots/. Optuna is the search engine and the
-distributed store; cnnctl adds the config, the run directories and the guarantees:
+Optuna is the search engine and the distributed store; cnnctl adds the config, the run directories
+and the guarantees:
 
 * heartbeats: a trial whose process died (SIGKILL, a crashed machine) is marked failed once its
   heartbeat is stale and is retried with the same values under a new trial number;
 * the study runs to `tune.trials` completed or pruned trials, however many workers share it: a
   worker starts a trial only while the finished trials plus the live ones ahead of it are short of
-  that number;
-* a study remembers its space, seed, metric and cnnctl version, and refuses to continue with others.
+  that number, and a retry waiting in the queue goes before a new trial;
+* a study remembers its space, seed, metric, experiment and cnnctl version, and refuses to continue
+  with others.
 """
 
 from __future__ import annotations
@@ -20,149 +18,18 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from cnnctl import __version__, files, rundir, space
+from cnnctl import study as studies
+from cnnctl.config import to_yaml
+from cnnctl.errors import ConfigError, Interrupted
+from cnnctl.study import TRIALS, Study, TuneError
+from cnnctl.tracking import safe_uri
 
-from cnnctl import __version__, files, history, rundir, space
-from cnnctl.config import Source, load_config, read_config_file, to_yaml
-from cnnctl.errors import CnnctlError, ConfigError, Interrupted
-from cnnctl.schema import Config, TuneConfig
-
-STUDY = "study.json"
-DATABASE = "study.db"
-TRIALS = "trials"
 HEARTBEAT_SECONDS = 2  # a live worker's trial refreshes its heartbeat this often
 GRACE_SECONDS = 10  # a RUNNING trial whose heartbeat is older is failed (and retried)
 MAX_RETRIES = 3
-
-
-class TuneError(CnnctlError):
-    """A study that cannot be created or continued as asked."""
-
-
-@dataclass
-class Study:
-    """A study directory and what its workers need."""
-
-    directory: Path
-    config: Config  # the experiment, with its tune section
-    raw: dict  # the same as a mapping: trial configs are made from it
-    storage_url: str
-    name: str  # the Optuna study name
-    smoke: bool = False
-    parent_run_id: str | None = None  # the study's MLflow run, parent of the trials' (tracking.mlflow)
-    mlflow_uri: str | None = None  # its store, the trials' too
-
-    @property
-    def tune(self) -> TuneConfig:
-        return self.config.tune
-
-    @property
-    def direction(self) -> str:
-        if self.tune.direction != "auto":
-            return self.tune.direction
-        return "maximize" if history.higher_is_better(self.tune.metric) else "minimize"
-
-    def record(self) -> dict:
-        """What the study is, stored in study.json and in the Optuna study's attributes."""
-        experiment = {k: v for k, v in self.raw.items() if k not in ("tune", "tracking")}
-        return {"space": space.describe(self.tune.space), "seed": self.seed, "metric": self.tune.metric,
-                "direction": self.direction, "sampler": self.tune.sampler, "pruner": self.tune.pruner,
-                "smoke": self.smoke, "experiment": json.loads(json.dumps(experiment))}
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed if self.tune.seed is None else self.tune.seed
-
-
-def load_experiment(path: Path, overrides: list[str]) -> tuple[Config, dict]:
-    """The experiment config (with a tune section, its space checked) and its resolved mapping."""
-    config = load_config(path, overrides)
-    raw, source = read_config_file(path)
-    if config.tune is None:
-        raise ConfigError(f"{source.locate(())}: no tune section: add `tune: {{metric: val_accuracy, trials: 12, "
-                          "space: {train.optimizer.learning_rate: {log_uniform: [1.0e-4, 1.0e-1]}}}`")
-    _check_metric(config, source)
-    resolved = yaml.safe_load(to_yaml(config))
-    space.check(config, resolved, _located(source, overrides))
-    return config, resolved
-
-
-def _check_metric(config: Config, source: Source) -> None:
-    """tune.metric is a value the trials' runs record: a metrics.csv column, or a test result."""
-    from cnnctl.config import _suggest, printable
-
-    names = ["loss", *config.train.metrics]
-    known = [*names, *(f"val_{n}" for n in names), *(f"test_{n}" for n in names)]
-    metric, where = config.tune.metric, f"{source.locate(('tune', 'metric'))}: tune.metric"
-    if metric not in known:
-        raise ConfigError(f"{where}: {printable(metric)!r} is not recorded by the runs{_suggest(metric, known)} "
-                          f"(one of {', '.join(known)})")
-    if metric.startswith("val_") and config.train.validation == "none":
-        raise ConfigError(f"{where}: {metric} needs validation; set train.validation to split or test")
-
-
-def _located(source: Source, overrides: list[str]) -> Source:
-    """The file's source with the --set overrides marked, so problems in them point at the --set."""
-    from cnnctl.config import apply_overrides
-
-    raw, _ = read_config_file(source.name)
-    apply_overrides(raw, overrides, source)
-    return source
-
-
-EXPERIMENT = "experiment.yaml"  # not config.yaml: a study directory is not a run directory
-
-
-def open_directory(config: Config, raw: dict, *, runs_dir: Path | None = None, directory: Path | None = None,
-                   storage: str | None = None, smoke: bool = False) -> Study:
-    """The study directory `directory`, or `runs/<name>-tune`: created with study.json and the experiment,
-    or (when it exists) continued with the storage it was created with."""
-    directory = Path(directory) if directory is not None else Path(runs_dir) / f"{config.name}-tune"
-    if (directory / STUDY).is_file():
-        import os
-
-        saved = _read_study_json(directory)
-        hidden = directory / ".storage"
-        url = storage or os.environ.get("CNNCTL_TUNE_STORAGE") or \
-            (hidden.read_text().strip() if hidden.is_file() else _default_storage(directory))
-        study = Study(directory, config, raw, url, name=saved.get("study_name", config.name), smoke=smoke)
-        return study
-    if directory.exists() and any(directory.iterdir()):
-        raise TuneError(f"{directory}: exists and is not a study directory (no {STUDY}); choose another name")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TuneError(f"{directory}: cannot create the study directory: {exc.strerror}") from None
-    url = storage or _default_storage(directory)
-    study = Study(directory, config, raw, url, name=config.name, smoke=smoke)
-    files.write_text(directory / EXPERIMENT, to_yaml(config))
-    if storage:  # the full URL (a password too) stays out of study.json; the default follows the directory
-        files.write_text(directory / ".storage", url)
-        (directory / ".storage").chmod(0o600)
-    files.write_json(directory / STUDY, dict(study.record(), storage=_safe_url(url), study_name=study.name,
-                                             cnnctl=__version__, created=rundir.now()))
-    return study
-
-
-def _default_storage(directory: Path) -> str:
-    """SQLite in the study directory, wherever the directory is now (it may have been moved)."""
-    return f"sqlite:///{(Path(directory) / DATABASE).resolve()}"
-
-
-def _read_study_json(directory: Path) -> dict:
-    if not (directory / STUDY).is_file():
-        raise TuneError(f"{directory}: not a study directory (no {STUDY})")
-    return rundir.read_json(directory / STUDY)
-
-
-def _safe_url(url: str) -> str:
-    """The storage URL without a password."""
-    import re
-
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def _driver_url(url: str) -> str:
@@ -225,7 +92,7 @@ def open_study(study: Study):
             break
         except Exception as exc:  # noqa: BLE001 - a database that cannot be reached or read, in any driver's words
             if attempt == 4:
-                raise TuneError(f"{_safe_url(study.storage_url)}: cannot open the study: {type(exc).__name__}: "
+                raise TuneError(f"{safe_uri(study.storage_url)}: cannot open the study: {type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
             time.sleep(0.5 * (attempt + 1))
     wanted, stored = json.loads(json.dumps(study.record())), opened.user_attrs.get("cnnctl")
@@ -235,7 +102,7 @@ def open_study(study: Study):
         changed = [key for key in wanted if stored.get(key) != wanted[key]]
         if changed:
             what = "; ".join(_change(key, stored.get(key), wanted[key]) for key in changed)
-            raise TuneError(f"study {study.name!r} in {_safe_url(study.storage_url)} was created with another "
+            raise TuneError(f"study {study.name!r} in {safe_uri(study.storage_url)} was created with another "
                             f"{', '.join(changed)} ({what})",
                             hint="start a new study (another config name, or a new study directory)")
     return opened
@@ -453,43 +320,6 @@ def _importances(optuna_study) -> dict[str, float]:
         return {}
 
 
-def start(config_path: Path | None, *, resume_dir: Path | None = None, overrides: list[str] = (),
-          trials: int | None = None, runs_dir: Path = Path("runs"), storage: str | None = None,
-          smoke: bool = False) -> Study:
-    """The study a `cnnctl tune` command works on: a new or existing directory for CONFIG, or --resume DIR.
-    `trials` (--trials) sets tune.trials; --smoke runs 2 trials on synthetic data."""
-    trials = 2 if smoke else trials
-    overrides = list(overrides) + ([f"tune.trials={trials}"] if trials else [])
-    if resume_dir is not None:
-        _read_study_json(Path(resume_dir))
-        config, raw = load_experiment(Path(resume_dir) / EXPERIMENT, overrides)
-        saved = rundir.read_json(Path(resume_dir) / STUDY)
-        return _tracked(open_directory(config, raw, directory=resume_dir, storage=storage,
-                                       smoke=bool(saved.get("smoke"))))
-    config, raw = load_experiment(config_path, overrides)
-    if config.tracking is not None and config.tracking.mlflow is not None:
-        from cnnctl.tracking import require_mlflow
-
-        require_mlflow()  # before the study directory is made
-    directory = Path(runs_dir) / f"{config.name}-{'smoke-' if smoke else ''}tune"
-    return _tracked(open_directory(config, raw, directory=directory, storage=storage, smoke=smoke))
-
-
-def _tracked(study: Study) -> Study:
-    """With tracking.mlflow, the study's own MLflow run (created once, kept in study.json) is the trials' parent."""
-    from cnnctl import tracking
-
-    saved = rundir.read_json(study.directory / STUDY)
-    # the default store is the runs directory's (runs/mlflow.db), as for the runs trained there
-    tracker = tracking.configured(study.config, study.directory.parent, run_id=saved.get("mlflow_run_id"))
-    if tracker is None:
-        return study
-    if tracker.start(study.directory.name) and tracker.run_id != saved.get("mlflow_run_id"):
-        files.write_json(study.directory / STUDY, dict(saved, mlflow_run_id=tracker.run_id))
-    study.parent_run_id, study.mlflow_uri = tracker.run_id, tracker.uri
-    return study
-
-
 def run(study: Study, workers: int = 1, timeout_minutes: float | None = None, *,
         log: Callable[[str], None] = lambda m: None, stop=None, on_trial: Callable | None = None) -> int:
     """Run the study's trials: in this process, or in `workers` processes on this machine. The exit code."""
@@ -541,3 +371,40 @@ def trial_row(trial) -> dict:
             "epochs": trial.user_attrs.get("epochs_run"), "run_dir": trial.user_attrs.get("run_dir"),
             "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
             "retry_of": trial.user_attrs.get("retry_of") or trial.system_attrs.get("failed_trial")}
+
+
+def start(config_path: Path | None, *, resume_dir: Path | None = None, overrides: list[str] = (),
+          trials: int | None = None, runs_dir: Path = Path("runs"), storage: str | None = None,
+          smoke: bool = False) -> Study:
+    """The study a `cnnctl tune` command works on: a new or existing directory for CONFIG, or --resume DIR.
+    `trials` (--trials) sets tune.trials; --smoke runs 2 trials on synthetic data."""
+    trials = 2 if smoke else trials
+    overrides = list(overrides) + ([f"tune.trials={trials}"] if trials else [])
+    if resume_dir is not None:
+        studies.read_study_json(Path(resume_dir))
+        config, raw = studies.load_experiment(Path(resume_dir) / studies.EXPERIMENT, overrides)
+        saved = rundir.read_json(Path(resume_dir) / studies.STUDY)
+        return _tracked(studies.open_directory(config, raw, directory=resume_dir, storage=storage,
+                                       smoke=bool(saved.get("smoke"))))
+    config, raw = studies.load_experiment(config_path, overrides)
+    if config.tracking is not None and config.tracking.mlflow is not None:
+        from cnnctl.tracking import require_mlflow
+
+        require_mlflow()  # before the study directory is made
+    directory = Path(runs_dir) / f"{config.name}-{'smoke-' if smoke else ''}tune"
+    return _tracked(studies.open_directory(config, raw, directory=directory, storage=storage, smoke=smoke))
+
+
+def _tracked(study: Study) -> Study:
+    """With tracking.mlflow, the study's own MLflow run (created once, kept in study.json) is the trials' parent."""
+    from cnnctl import tracking
+
+    saved = rundir.read_json(study.directory / studies.STUDY)
+    # the default store is the runs directory's (runs/mlflow.db), as for the runs trained there
+    tracker = tracking.configured(study.config, study.directory.parent, run_id=saved.get("mlflow_run_id"))
+    if tracker is None:
+        return study
+    if tracker.start(study.directory.name) and tracker.run_id != saved.get("mlflow_run_id"):
+        files.write_json(study.directory / studies.STUDY, dict(saved, mlflow_run_id=tracker.run_id))
+    study.parent_run_id, study.mlflow_uri = tracker.run_id, tracker.uri
+    return study

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cnnctl import space, tune
+from cnnctl import study as studies
 from cnnctl.config import load_config, to_yaml
 from cnnctl.errors import CnnctlError, ConfigError
 from cnnctl.schema import Dimension
@@ -64,7 +65,7 @@ def with_space(*lines: str, sampler: str = "random") -> str:
 
 def problems_of(path: Path, overrides: list[str] = ()) -> list[str]:
     with pytest.raises(ConfigError) as caught:
-        tune.load_experiment(path, list(overrides))
+        studies.load_experiment(path, list(overrides))
     return caught.value.problems
 
 
@@ -136,7 +137,7 @@ def test_a_dimension_with_an_infinite_or_nan_bound_is_refused(given):
 def test_a_valid_space_loads_with_its_resolved_config(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text(SPACE_YAML)
-    config, raw = tune.load_experiment(path, [])
+    config, raw = studies.load_experiment(path, [])
     assert list(config.tune.space) == ["train.optimizer.learning_rate", "model.layers[0].Conv2D.filters",
                                        "model.layers[2].Dropout.rate"]
     assert raw == yaml.safe_load(to_yaml(config))  # what each trial config is made from
@@ -286,7 +287,7 @@ def test_the_grid_proposes_every_list_valued_choice_once_as_a_list(tmp_path):
 
     path = tmp_path / "ok.yaml"
     path.write_text(SPACE_YAML)
-    _, raw = tune.load_experiment(path, [])
+    _, raw = studies.load_experiment(path, [])
     grid_space = {k: d for k, d in LIST_SPACE.items() if d.kind in ("choice", "integer")}
     assert space.grid(grid_space) == {"model.layers[0].Conv2D.kernel_size": ["[3, 3]", "[5, 5]"],
                                       "model.layers[0].Conv2D.filters": [4, 8, 12]}
@@ -313,7 +314,7 @@ def test_suggest_draws_each_kind_within_its_range_and_the_summary_reads_choices_
 
     path = tmp_path / "ok.yaml"
     path.write_text(SPACE_YAML)
-    _, raw = tune.load_experiment(path, [])
+    _, raw = studies.load_experiment(path, [])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(20):
@@ -422,7 +423,7 @@ def test_fuzzed_spaces_load_or_fail_with_short_located_errors(fuzz_dir, section)
     path = fuzz_dir / "fuzz.yaml"
     path.write_text(yaml.safe_dump(dict(_BASE, tune=section), sort_keys=False, allow_unicode=True), encoding="utf-8")
     try:
-        config, raw = tune.load_experiment(path, [])
+        config, raw = studies.load_experiment(path, [])
     except CnnctlError as exc:
         assert len(exc.message.encode()) < 2048, exc.message
         for line in exc.message.splitlines():
@@ -462,8 +463,8 @@ def test_a_choice_of_the_wrong_type_is_one_short_problem_per_value(tmp_path):
 def test_checking_a_space_imports_neither_tensorflow_nor_optuna(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text(SPACE_YAML)
-    code = ("import sys; from pathlib import Path; from cnnctl import tune; "
-            f"tune.load_experiment(Path({str(path)!r}), []); "
+    code = ("import sys; from pathlib import Path; from cnnctl import study as studies; "
+            f"studies.load_experiment(Path({str(path)!r}), []); "
             "print(sorted(m for m in ('tensorflow', 'keras', 'optuna') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -22,6 +22,7 @@ import pytest
 from conftest import CONFIGS, tiny_config, write_config
 
 from cnnctl import space, tune
+from cnnctl import study as studies
 from cnnctl.config import load_config
 
 SPACE = {
@@ -63,9 +64,9 @@ def optuna_trials(study_dir: Path) -> list:
     """The study's Optuna trials, as stored (skipped places included)."""
     import optuna
 
-    saved = json.loads((study_dir / tune.STUDY).read_text())
+    saved = json.loads((study_dir / studies.STUDY).read_text())
     hidden = study_dir / ".storage"  # only for a --storage given; the default follows the directory
-    url = hidden.read_text().strip() if hidden.is_file() else f"sqlite:///{(study_dir / tune.DATABASE).resolve()}"
+    url = hidden.read_text().strip() if hidden.is_file() else f"sqlite:///{(study_dir / studies.DATABASE).resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=saved["study_name"], storage=url).get_trials(deepcopy=False)
 
@@ -315,7 +316,7 @@ def test_a_study_refuses_to_continue_with_another_experiment(quick_trials, tmp_p
     path = write_config(tmp_path / "cfg.yaml", experiment("edited", trials=1))
     tune.run(tune.start(path, runs_dir=tmp_path / "runs"))
     write_config(path, experiment("edited", trials=1, epochs=3))
-    with pytest.raises(tune.TuneError, match="train"):
+    with pytest.raises(studies.TuneError, match="train"):
         tune.run(tune.start(path, runs_dir=tmp_path / "runs", trials=2))
 
 
