@@ -30,6 +30,7 @@ MAX_ECHO = 100  # characters of a value, key or override quoted in a message
 MAX_PATH = 200  # characters of a key path in a message
 MAX_MESSAGE = 1000  # characters of one problem after its location (the longest lists every layer type)
 MAX_PROBLEMS = 20  # problems listed in one error; the rest are counted
+MAX_MESSAGE = 1_500  # characters of the problems listed in one error (each is cut to 1,000 at most)
 
 Path_ = tuple[str | int, ...]
 
@@ -437,10 +438,17 @@ def validate(raw: Any, source: Source) -> Config:
 
 
 def _at_most(problems: list[str], source: Source) -> list[str]:
-    """The first MAX_PROBLEMS problems, and how many more there are (1,000 bad layers are one mistake)."""
-    if len(problems) <= MAX_PROBLEMS:
-        return problems
-    return [*problems[:MAX_PROBLEMS], f"{source.name}: … and {len(problems) - MAX_PROBLEMS:,} more problems"]
+    """The first problems, up to MAX_PROBLEMS of them and MAX_MESSAGE characters in all, and how many more
+    there are (1,000 bad layers are one mistake; a whole error stays under 2 KB)."""
+    shown, size = [], 0
+    for problem in problems[:MAX_PROBLEMS]:
+        if shown and size + len(problem) > MAX_MESSAGE:
+            break
+        shown.append(problem)
+        size += len(problem) + 8  # "error: " and the line's end
+    if len(shown) == len(problems):
+        return shown
+    return [*shown, f"{source.name}: … and {len(problems) - len(shown):,} more problems"]
 
 
 def check_shapes(config: Config, source: Source) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from cnnctl.config import (
     Source,
+    _at_most,
     _parse_key_path,
     apply_overrides,
     check_layer_names,
@@ -78,7 +79,7 @@ def check(config: Config, raw: dict, source: Source) -> None:
                      if d.kind not in ("choice", "integer") or (d.kind == "integer" and not d.step and
                                                                 d.integer[1] - d.integer[0] > 1000)]
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_at_most(problems, source))
 
 
 def grid(space: dict[str, Dimension]) -> dict[str, list]:

@@ -441,6 +441,7 @@ def assert_bounded_and_located(result, path: Path, data: bytes) -> None:
     lines = text.splitlines() or [""]
     messages = stderr_of(result).splitlines()
     assert 1 <= len(messages) <= MAX_PROBLEMS + 1, messages[:3]
+    assert len(stderr_of(result).encode()) < MAX_MESSAGE_BYTES, messages[:3]  # the whole error, not each line
     for message in messages:
         assert len(message.encode()) < MAX_MESSAGE_BYTES, message[:300]
         assert message.startswith(f"error: {path}:"), message[:300]
