@@ -92,7 +92,7 @@ def data_sets(args, tmp: Path) -> tuple[str, list[str], int]:
 
 def one_run(args, tmp: Path, name: str, rep: int, config: str, data: list[str], env: dict) -> dict:
     _, sets, extra_env, patch = VARIANTS[name]
-    work = tmp / "work" / f"{name}-{rep}"
+    work = tmp / "trials" / f"{name}-{rep}"
     argv = [PY, str(BENCH / "profile_child.py"), patch, "train", config, "--quiet", "--runs-dir", str(work),
             "--run-name", "p", *(a for s in [*data, f"train.epochs={args.epochs}", *sets] for a in ("--set", s))]
     child = run_child(argv, log=tmp / "logs" / f"{name}-{rep}.log", env={**env, **extra_env}, cwd=ROOT, timeout=7200)

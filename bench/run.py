@@ -90,7 +90,7 @@ class Bench:
     # ---------------------------------------------------------------- one training run
 
     def train(self, model: str, key: str, rep: int, argv_for, val_is_test: bool) -> dict:
-        work = self.tmp / "work" / f"{model}-{key}-{rep}"
+        work = self.tmp / "trials" / f"{model}-{key}-{rep}"
         work.mkdir(parents=True)
         result = self.child(argv_for(work), f"{model}-{key}-{rep}")
         record = {"rep": rep, **result.to_dict(), "ok": result.ok}
