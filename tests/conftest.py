@@ -7,6 +7,7 @@ Keras is imported only by the fixtures that build models, so the config tests st
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import os
@@ -283,3 +284,34 @@ def unwritable_runs_dir(tmp_path):
         yield tmp_path / "afile" / "runs"
     finally:
         locked.chmod(0o755)
+
+
+def stderr_of(result) -> str:
+    """A CliRunner result's stderr (its whole output for a runner that mixes the streams)."""
+    try:
+        return result.stderr
+    except ValueError:
+        return result.output
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(before)
+
+
+def finish(proc, timeout: float = 300) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a subprocess.Popen; one that is not done in `timeout` s is killed."""
+    import subprocess
+
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the process did not finish in {timeout} s: {err[-2000:]}") from None
+    return proc.returncode, out, err

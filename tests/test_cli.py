@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import typer
-from conftest import CONFIGS, MINIMAL_YAML, REPO, TUTORIALS
+from conftest import CONFIGS, MINIMAL_YAML, REPO, TUTORIALS, stderr_of
 
 from cnnctl import __version__, runtime
 from cnnctl.cli import app
@@ -18,13 +18,6 @@ from cnnctl.runtime import Gpu, Hardware
 NO_GPU = Hardware("Test CPU", frozenset({"avx2"}), (), 2)
 ONE_GPU = Hardware("Test CPU", frozenset({"avx2"}), (Gpu(0, "NVIDIA Test GPU", (8, 6)),), 2)
 COMMANDS = sorted(typer.main.get_command(app).commands)
-
-
-def stderr_of(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # a runner that mixes the streams
-        return result.output
 
 
 def error_lines(result) -> list[str]:

@@ -25,6 +25,7 @@ from conftest import (
     SHARED_DATASETS,
     disk_full_on_save,
     leftovers,
+    stderr_of,
     tiny_config,
     tiny_model,
     weights_of,
@@ -39,13 +40,6 @@ FAST_SECONDS = 5.0
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def stderr_of(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # a runner that mixes the streams
-        return result.output
 
 
 def assert_refused(result, *needles: str, code: int = 2) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, TUTORIALS, tiny_config
+from conftest import CONFIGS, TUTORIALS, stderr_of, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -285,13 +285,6 @@ def test_the_mutations_reach_both_outcomes(scratch):
 
 
 # ---------------------------------------------------------------- through the CLI
-
-
-def stderr_of(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # a runner that mixes the streams
-        return result.output
 
 
 def assert_cli_outcome(result) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, tiny_config, write_config
+from conftest import CONFIGS, finish, tiny_config, write_config
 
 pytestmark = pytest.mark.slow  # every test here runs cnnctl in subprocesses, most of them killed and resumed
 
@@ -30,11 +30,6 @@ def cnnctl(*args: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CNNCTL_OFFLINE="1")
     return subprocess.Popen([sys.executable, "-m", "cnnctl", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, **kwargs)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def rows(run: Path) -> list[dict]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_config, write_config
+from conftest import finish, tiny_config, working_directory, write_config
 
 import cnnctl
 from cnnctl import tracking
@@ -45,16 +45,6 @@ MLFLOW = Path(sys.executable).parent / "mlflow"
 def _in_tmp_path(tmp_path, monkeypatch):
     """Whatever a test's MLflow client writes to the current directory stays out of the checkout."""
     monkeypatch.chdir(tmp_path)
-
-
-@contextlib.contextmanager
-def working_directory(path: Path):
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield path
-    finally:
-        os.chdir(before)
 
 
 def free_port() -> int:
@@ -527,15 +517,6 @@ def python(*args, cwd: Path | None = None, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CNNCTL_OFFLINE="1")
     return subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return proc.returncode, out, err
 
 
 @pytest.mark.slow

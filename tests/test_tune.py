@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, tiny_config, write_config
+from conftest import CONFIGS, finish, stderr_of, tiny_config, working_directory, write_config
 
 from cnnctl import space, tune
 from cnnctl import study as studies
@@ -41,23 +41,6 @@ def experiment(name: str = "searched", *, trials: int = 2, sampler: str = "rando
                        train={"epochs": epochs, "validation": "split"}, runtime={"deterministic": True},
                        tune={"trials": trials, "seed": seed, "sampler": sampler, "pruner": pruner,
                              "space": copy.deepcopy(search or SPACE)})
-
-
-@contextlib.contextmanager
-def working_directory(path: Path):
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield path
-    finally:
-        os.chdir(before)
-
-
-def stderr_of(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # a runner that mixes the streams
-        return result.output
 
 
 def optuna_trials(study_dir: Path) -> list:
@@ -455,16 +438,6 @@ def cnnctl(*args, cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CNNCTL_OFFLINE="1")
     return subprocess.Popen([sys.executable, "-m", "cnnctl", *map(str, args)], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"cnnctl did not finish in {timeout} s: {err[-2000:]}") from None
-    return proc.returncode, out, err
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
