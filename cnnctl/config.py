@@ -261,7 +261,7 @@ def read_config_file(path: str | Path) -> tuple[Any, Source]:
 # ---------------------------------------------------------------- overrides
 
 
-def _parse_key_path(text: str) -> Path_:
+def parse_key_path(text: str) -> Path_:
     parts: list[str | int] = []
     for chunk in text.replace("[", ".").replace("]", "").split("."):
         if not chunk:
@@ -282,7 +282,7 @@ def apply_overrides(raw: Any, overrides: list[str], source: Source) -> Any:
         try:
             if not sep:
                 raise ValueError("expected key.path=value")
-            path = _parse_key_path(key.strip())
+            path = parse_key_path(key.strip())
             value, _ = parse_yaml(value_text, "value")
         except (ValueError, ConfigError) as exc:
             problems.append(f"--set {shown}: {exc}")
@@ -360,7 +360,7 @@ def _closest(word: str, options: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def _suggest(word: str, options: list[str]) -> str:
+def suggest(word: str, options: list[str]) -> str:
     close = _closest(word, options)
     return f"; did you mean {close!r}?" if close else ""
 
@@ -374,7 +374,7 @@ def _layer_type_message(value: Any) -> str:
         return "each layer must be a one-key mapping like `Conv2D: {filters: 32, kernel_size: 3}`"
     if name in FORBIDDEN_LAYERS:
         return f"layer type {name!r} is not allowed: {FORBIDDEN_LAYERS[name]}"
-    return (f"unknown layer type {echo(name)}{_suggest(str(name), list(LAYER_TYPES))} "
+    return (f"unknown layer type {echo(name)}{suggest(str(name), list(LAYER_TYPES))} "
             f"(allowed: {', '.join(LAYER_TYPES)})")
 
 
@@ -382,14 +382,14 @@ def _message(error: dict, path: Path_) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         options = _fields_at(path[:-1])
-        return f"unknown key{_suggest(str(path[-1]), options)}" if options else "unknown key"
+        return f"unknown key{suggest(str(path[-1]), options)}" if options else "unknown key"
     if kind == "layer_type":
         return _layer_type_message(error["input"])
     if kind == "missing":
         return "required key is missing"
     if kind == "literal_error":
         options = [o.strip(" '") for o in error.get("ctx", {}).get("expected", "").replace(" or ", ",").split(",")]
-        hint = _suggest(str(error["input"]), [o for o in options if o])
+        hint = suggest(str(error["input"]), [o for o in options if o])
         return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {echo(error['input'])}{hint}"
     if kind == "value_error":  # our validators' messages, which quote short values
         return printable(error["msg"].removeprefix("Value error, "), limit=4 * MAX_ECHO)
@@ -434,10 +434,10 @@ def validate(raw: Any, source: Source) -> Config:
                 continue
             where = source.locate(path, at_key=error["type"] == "extra_forbidden")
             problems.append(f"{where}: {format_path(path)}: {printable(_message(error, path), limit=MAX_MESSAGE)}")
-        raise ConfigError(_at_most(problems, source)) from None
+        raise ConfigError(at_most(problems, source)) from None
 
 
-def _at_most(problems: list[str], source: Source) -> list[str]:
+def at_most(problems: list[str], source: Source) -> list[str]:
     """The first problems, up to MAX_PROBLEMS of them and MAX_MESSAGE characters in all, and how many more
     there are (1,000 bad layers are one mistake; a whole error stays under 2 KB)."""
     shown, size = [], 0
@@ -467,7 +467,7 @@ def check_layer_names(config: Config, source: Source) -> None:
     if problems:
         located = [f"{source.locate(('model', 'layers', index))}: model.layers[{index}]: {message}"
                    for index, message in problems]
-        raise ConfigError(_at_most(located, source))
+        raise ConfigError(at_most(located, source))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -298,17 +298,14 @@ def _usable_state(run_dir: Path, write: bool) -> tuple[ResumeState | None, tuple
 
 def check_metrics(run_dir: Path, state: ResumeState | None) -> None:
     """metrics.csv must hold epochs 1, 2, ... up to at least the checkpoint's epoch - 1."""
+    from cnnctl import history
+
     path = Path(run_dir) / rundir.METRICS
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            epochs = [row[0] for row in csv.reader(handle)][1:]
-    except FileNotFoundError:
-        epochs = []
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise RunError(f"{path}: unreadable ({_cut(str(exc))})") from None
+    epochs = history.read_metrics_csv(path).get("epoch", []) if path.exists() else []
     done = state.epoch if state else 0
-    if epochs != [str(n) for n in range(1, len(epochs) + 1)]:
-        raise RunError(f"{path}: the epochs are {_cut(', '.join(epochs))}, not 1, 2, ...: the file was edited")
+    if epochs != list(range(1, len(epochs) + 1)):
+        shown = ", ".join("?" if e is None else str(e) for e in epochs)
+        raise RunError(f"{path}: the epochs are {_cut(shown)}, not 1, 2, ...: the file was edited")
     if len(epochs) < done - 1 or (state is None and epochs):
         raise RunError(f"{path}: holds {len(epochs)} epochs, but {STATE} says {done} were done")
 

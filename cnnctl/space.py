@@ -15,12 +15,12 @@ from typing import Any
 
 from cnnctl.config import (
     Source,
-    _at_most,
-    _parse_key_path,
     apply_overrides,
+    at_most,
     check_layer_names,
     check_shapes,
     format_path,
+    parse_key_path,
     printable,
     validate,
 )
@@ -59,7 +59,7 @@ def check(config: Config, raw: dict, source: Source) -> None:
     for key, dimension in config.tune.space.items():
         where = f"{source.locate(('tune', 'space', key), at_key=True)}: tune.space.{printable(key)}"
         try:
-            path = _parse_key_path(key)
+            path = parse_key_path(key)
         except ValueError as exc:
             problems.append(f"{where}: not a key path ({exc})")
             continue
@@ -79,7 +79,7 @@ def check(config: Config, raw: dict, source: Source) -> None:
                      if d.kind not in ("choice", "integer") or (d.kind == "integer" and not d.step and
                                                                 d.integer[1] - d.integer[0] > 1000)]
     if problems:
-        raise ConfigError(_at_most(problems, source))
+        raise ConfigError(at_most(problems, source))
 
 
 def grid(space: dict[str, Dimension]) -> dict[str, list]:

@@ -79,13 +79,13 @@ def load_experiment(path: Path, overrides: list[str]) -> tuple[Config, dict]:
 
 def _check_metric(config: Config, source: Source) -> None:
     """tune.metric is a value the trials' runs record: a metrics.csv column, or a test result."""
-    from cnnctl.config import _suggest, printable
+    from cnnctl.config import printable, suggest
 
     names = ["loss", *config.train.metrics]
     known = [*names, *(f"val_{n}" for n in names), *(f"test_{n}" for n in names)]
     metric, where = config.tune.metric, f"{source.locate(('tune', 'metric'))}: tune.metric"
     if metric not in known:
-        raise ConfigError(f"{where}: {printable(metric)!r} is not recorded by the runs{_suggest(metric, known)} "
+        raise ConfigError(f"{where}: {printable(metric)!r} is not recorded by the runs{suggest(metric, known)} "
                           f"(one of {', '.join(known)})")
     if metric.startswith("val_") and config.train.validation == "none":
         raise ConfigError(f"{where}: {metric} needs validation; set train.validation to split or test")

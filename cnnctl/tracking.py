@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,7 +154,7 @@ class Tracker:
             return
         from mlflow.entities import Metric
 
-        stamp = int(__import__("time").time() * 1000)
+        stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(v), stamp, epoch) for k, v in row.items()
                    if k != "epoch" and v is not None and math.isfinite(float(v))]
         if self._guard(f"log epoch {epoch}", self.client.log_batch, self.run_id, metrics=metrics) is not None \
