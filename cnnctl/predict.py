@@ -1,8 +1,8 @@
 """Classify image files with a trained model: top-k classes and their probabilities.
 
-Images are prepared exactly as an image-folder dataset is for training (folders.decode_images):
-decoded (PNG, JPEG, BMP, GIF), converted to the model's channels, resized to its height and width
-when their size differs, then scaled to [0, 1]. Class names come from the run (manifest.json), or
+Images are prepared exactly as an image dataset is for training (`decode.decode_file`): decoded,
+converted to the model's channels, fitted to its height and width by the run's `data.resize` when
+their size differs, then scaled to [0, 1]. Class names come from the run (manifest.json), or
 for a bare .keras file from --config; without either they are the class indices.
 """
 
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from cnnctl import data, files, rundir
-from cnnctl.data import folders
-from cnnctl.errors import DataError, RunError
+from cnnctl.data import decode, images
+from cnnctl.errors import CnnctlError, DataError, RunError
 
 BATCH = 64
+MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, data.max_image_pixels' default
 
 
 def find_images(path: str | Path) -> list[Path]:
@@ -40,9 +41,11 @@ def config_class_names(config) -> list[str] | None:
     builtin = data.BUILTINS.get(config.data.dataset)
     if builtin is not None and builtin.class_names:
         return list(builtin.class_names)
-    if config.data.dataset == "directory" and config.data.root and (Path(config.data.root) / "train").is_dir():
-        train = Path(config.data.root) / "train"
-        return sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if config.data.dataset in ("directory", "csv") and config.data.root:
+        try:
+            return images.list_files(config.data).class_names
+        except DataError:
+            return None
     return None
 
 
@@ -79,18 +82,35 @@ def load_classifier(target: str | Path, config_path: str | Path | None = None):
     return model, names, source
 
 
-def prepare(paths: list[Path], input_shape: tuple) -> np.ndarray:
+def prepare(paths: list[Path], input_shape: tuple, resize: str = "stretch") -> np.ndarray:
     """float32 images in [0, 1], shaped (N, *input_shape); DataError naming an unreadable file."""
     shape = tuple(int(d) for d in input_shape)
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
         raise DataError(f"the model takes inputs of shape {shape}: predict reads images for models whose input "
                         "is [H, W, 1 or 3] or [H, W]")
     decode_shape = shape if len(shape) == 3 else (*shape, 1)
-    for path in paths:
+    out = np.empty((len(paths), *decode_shape), dtype=np.float32)
+    for i, path in enumerate(paths):
         if not path.is_file():
             raise DataError(f"{path}: not a file")
-    images = folders.decode_images(paths, decode_shape)  # the training pipeline's own conversion
-    return (images.astype(np.float32) / 255.0).reshape((len(paths), *shape))
+        image = decode.decode_file(path, decode_shape, resize, MAX_PIXELS)  # the training data's own conversion
+        if isinstance(image, str):
+            raise DataError(f"{path}: cannot read image ({image})")
+        out[i] = image / np.float32(255.0)
+    return out.reshape((len(paths), *shape))
+
+
+def _resize_policy(target: Path, config_path) -> str:
+    """The data.resize of the config given, or of the run `target` is (or holds the checkpoint of)."""
+    from cnnctl.config import load_config
+
+    for candidate in (config_path, target / rundir.CONFIG, target.parent.parent / rundir.CONFIG):
+        if candidate is not None and Path(candidate).is_file():
+            try:
+                return load_config(candidate).data.resize
+            except CnnctlError:  # an unreadable config: the default policy
+                return "stretch"
+    return "stretch"
 
 
 def predict(target: str | Path, images: str | Path, *, top_k: int = 3, config_path: str | Path | None = None,
@@ -100,7 +120,7 @@ def predict(target: str | Path, images: str | Path, *, top_k: int = 3, config_pa
     destination = rundir.check_output(out, force=force) if out is not None else None
     paths = find_images(images)
     model, names, _ = load_classifier(target, config_path)
-    x = prepare(paths, model.input_shape[1:])
+    x = prepare(paths, model.input_shape[1:], _resize_policy(Path(target), config_path))
     probabilities = np.asarray(model.predict(x, batch_size=BATCH, verbose=0), dtype=np.float64)
     k = max(1, min(top_k, probabilities.shape[1]))
     results = []

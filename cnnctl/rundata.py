@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from cnnctl import data, rundir
 from cnnctl.config import load_config, smoke_config
 from cnnctl.errors import DataError, RunError
@@ -21,12 +23,41 @@ FILE_FIELDS = ("bytes", "sha256", "images")  # what must agree for each recorded
 
 
 def load(config: Config, *, data_dir: str | Path | None = None, validation: str = "none",
-         smoke: bool = False) -> data.Splits:
-    """The dataset of `config`, split for `validation` ("none" for evaluation); synthetic for --smoke."""
+         smoke: bool = False, progress=None) -> data.Splits:
+    """The dataset of `config`, split for `validation` ("none" for evaluation); synthetic for --smoke.
+
+    `progress(done, total)` is called while an image dataset is decoded (the first time only).
+    """
     return data.load_splits(config.data, input_shape=config.model.input_shape,
                             num_classes=output_units(config.model), validation=validation,
                             validation_split=config.train.validation_split, seed=config.seed,
-                            data_dir=data_dir, synthetic=smoke)
+                            data_dir=data_dir, synthetic=smoke, progress=progress)
+
+
+def for_training(config: Config, run: tuple[Path, dict] | None, *, data_dir=None, smoke: bool = False,
+                 progress=None) -> data.Splits:
+    """The data to train on: a new run's (`run` None), or that of the run (directory, manifest) resumed."""
+    if run is not None:
+        return load_for_run(run[0], config, run[1], data_dir=data_dir, validation=config.train.validation,
+                            progress=progress)
+    return load(config, data_dir=data_dir, validation=config.train.validation, smoke=smoke, progress=progress)
+
+
+def describe(splits: data.Splits, limit: int = 8) -> list[str]:
+    """Lines naming the classes with their images per split, and any files skipped, for a run's start."""
+    identity, names = splits.identity, splits.class_names
+    parts = [("train", splits.y_train), ("val", splits.y_val), ("test", splits.y_test)]
+    parts = [(part, y) for part, y in parts if y is not None and not (part == "val" and y is splits.y_test)]
+    counts = {part: np.bincount(np.asarray(y, dtype=np.int64), minlength=len(names)) for part, y in parts}
+    shown = [f"{name} {'/'.join(f'{int(counts[p][i]):,}' for p, _ in parts)}" for i, name in enumerate(names[:limit])]
+    more = f", and {len(names) - limit} more" if len(names) > limit else ""
+    lines = [f"data {identity.get('dataset')}: {len(names)} classes, images {'/'.join(p for p, _ in parts)}: "
+             f"{', '.join(shown)}{more}"]
+    if identity.get("skipped"):
+        first = identity["skipped_files"][0]
+        lines.append(f"skipped {identity['skipped']:,} unreadable image{'s' * (identity['skipped'] > 1)} "
+                     f"(data.skip_bad_files), e.g. {first['path']}: {first['reason']}; listed in manifest.json")
+    return lines
 
 
 def recorded_location(identity: dict) -> Path | None:
@@ -35,7 +66,7 @@ def recorded_location(identity: dict) -> Path | None:
     if not files or not isinstance(files[0], dict) or not files[0].get("path"):
         return None
     path = Path(files[0]["path"])
-    return path if identity.get("dataset") in ("directory", "npz") else path.parent
+    return path if identity.get("dataset") in ("directory", "csv", "npz") else path.parent
 
 
 def trained_on(identity: dict) -> str:
@@ -54,8 +85,10 @@ def trained_on(identity: dict) -> str:
 def differences(recorded: dict, found: dict) -> list[str]:
     """How the data found now differs from the data a run recorded (file locations may differ)."""
     problems = [f"{key} was {recorded.get(key)!r}, is {found.get(key)!r}"
-                for key in ("dataset", "label_mode", "image_shape", "num_classes")
+                for key in ("dataset", "label_mode", "image_shape", "num_classes", "resize")
                 if key in recorded and recorded.get(key) != found.get(key)]
+    if recorded.get("split_digest") and recorded.get("split_digest") != found.get("split_digest"):
+        problems.append("the images are not split as they were (another file list, data.split or labels)")
     old, new = recorded.get("files") or [], found.get("files") or []
     if len(old) != len(new):
         problems.append(f"{len(old)} files recorded, {len(new)} found")
@@ -68,7 +101,7 @@ def differences(recorded: dict, found: dict) -> list[str]:
 
 
 def load_for_run(run_dir: Path, config: Config, manifest: dict, *, data_dir: str | Path | None = None,
-                 validation: str = "none", check: bool = True) -> data.Splits:
+                 validation: str = "none", check: bool = True, progress=None) -> data.Splits:
     """The data a run was trained on, found where the run found it (or under `data_dir`), checked to be it
     (`check` False: any data the config describes, e.g. for a report written elsewhere)."""
     recorded = manifest.get("dataset") or {}
@@ -78,7 +111,7 @@ def load_for_run(run_dir: Path, config: Config, manifest: dict, *, data_dir: str
     location = None if data_dir is not None or smoke else recorded_location(recorded)
     try:
         splits = load(config, data_dir=data_dir if data_dir is not None else location, validation=validation,
-                      smoke=smoke)
+                      smoke=smoke, progress=progress)
     except DataError as exc:
         raise DataError(f"{run_dir}: {trained_on(recorded)}; {exc.message}", hint=exc.hint) from None
     changed = differences(recorded, splits.identity) if check and not smoke else []

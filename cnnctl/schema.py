@@ -40,11 +40,36 @@ class SyntheticData(Section):
     """Number of random test images."""
 
 
+class DataSplit(Section):
+    """How one folder of class folders (or a CSV without a split column) is split, per class (stratified)."""
+
+    val: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    """Fraction of each class held out for validation (used when train.validation is split)."""
+    test: Fraction = 0.1
+    """Fraction of each class held out for the test set."""
+    seed: int = 0
+    """Seed of the split (not the run's seed: runs with other seeds are tested on the same images)."""
+
+    @model_validator(mode="after")
+    def _leaves_training_images(self) -> DataSplit:
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"val {self.val} + test {self.test} leaves no training images (their sum must be < 1)")
+        return self
+
+
 class DataConfig(Section):
-    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "directory", "npz", "synthetic"]
-    """Built-in dataset, an image folder (`directory`), arrays in a file (`npz`), or seeded random data."""
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "directory", "csv", "npz", "synthetic"]
+    """Built-in dataset, an image folder (`directory`), a CSV of path,label (`csv`), arrays in a file (`npz`), or seeded random data."""
     root: str | None = None
-    """Where to look for the files first: a folder with the Keras file names, the image folder, or the .npz file."""
+    """Where to look for the files first: a folder with the Keras file names, the image folder, the CSV or the .npz file."""
+    split: DataSplit | None = None
+    """Image folders without train/ and test/ (root/<class>/*) and CSVs without a split column: the fractions held out (default val 0.1, test 0.1)."""
+    resize: Literal["stretch", "crop", "pad"] = "stretch"
+    """Images of another size than model.input_shape: stretch to it, crop the centre to its aspect ratio, or pad with black to it, then resize."""
+    skip_bad_files: bool = False
+    """Unreadable, empty or oversized images: false refuses to start and lists them all; true skips them (counted in the manifest)."""
+    max_image_pixels: Annotated[int, Field(gt=0)] = 89_478_485
+    """Images whose header claims more pixels than this are refused (decompression bombs); Pillow's own limit by default."""
     num_classes: Annotated[int, Field(gt=1, le=100_000)] | None = None
     """Number of classes; taken from the dataset (or the last layer for synthetic data) when unset."""
     class_names: list[str] | None = None
@@ -208,6 +233,13 @@ class TrainConfig(Section):
     checkpoint_every_steps: PosInt | None = None
     """Also write a resume checkpoint every N training steps."""
     shuffle: bool = True
+    class_weight: Literal["auto"] | dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+    """Weigh each class's loss: auto (inverse frequency, as scikit-learn's "balanced") or a weight per class name (missing classes: 1)."""
+
+    @field_validator("class_weight", mode="before")
+    @classmethod
+    def _class_names_are_text(cls, value):  # YAML reads the key of {0: 2.0} (MNIST's class "0") as a number
+        return {str(key): weight for key, weight in value.items()} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _monitor_needs_validation(self) -> TrainConfig:

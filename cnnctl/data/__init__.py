@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from cnnctl.data.arrays import Splits, check_classes, fit_shape, label_dtype, load_npz, split, synthetic_splits
 from cnnctl.data.builtin import BUILTINS, find_builtin_files, load_builtin, locate_or_check_download, search_places
-from cnnctl.data.folders import IMAGE_SUFFIXES, load_directory
+from cnnctl.data.folders import load_images
+from cnnctl.data.images import IMAGE_SUFFIXES
 from cnnctl.data.memory import aligned
 from cnnctl.data.pipeline import make_dataset, make_epoch_dataset
 from cnnctl.errors import DataError
@@ -27,18 +30,21 @@ __all__ = ["BUILTINS", "IMAGE_SUFFIXES", "Splits", "check_available", "find_buil
 
 def load_splits(data: DataConfig, *, input_shape: list[int] | tuple, num_classes: int | None,
                 validation: str, validation_split: float, seed: int,
-                data_dir: str | Path | None = None, synthetic: bool = False) -> Splits:
+                data_dir: str | Path | None = None, synthetic: bool = False, progress=None) -> Splits:
     """Load the dataset `data` describes as uint8 images shaped `input_shape`, split for training.
 
     `num_classes` is the model's number of outputs. `synthetic` (the CLI's --smoke) replaces the
     dataset with seeded random data. validation: "none", "split" (a seeded random
-    `validation_split` of the training set; an image folder's val/ if it has one) or "test".
+    `validation_split` of the training set; an image dataset's val/ or data.split part if it has one)
+    or "test". Image datasets are memory-mapped from their decode cache; `progress(done, total)` is
+    called while they are decoded.
     """
     shape = tuple(int(d) for d in input_shape)
     if synthetic or data.dataset == "synthetic":
         raw = synthetic_splits(data, shape, num_classes, seed)
-    elif data.dataset == "directory":
-        raw = load_directory(data, shape, data_dir)
+    elif data.dataset in ("directory", "csv"):
+        raw = load_images(data, shape, data_dir, validation=validation, validation_split=validation_split,
+                          seed=seed, progress=progress)
     elif data.dataset == "npz":
         raw = load_npz(data, data_dir)
     else:
@@ -57,15 +63,29 @@ def load_splits(data: DataConfig, *, input_shape: list[int] | tuple, num_classes
         x_train, y_train, x_val, y_val = split(x_train, y_train, validation_split, seed)
     else:
         raise DataError(f"validation must be none, split or test, got {validation!r}")
-    # 64-byte aligned, so the pipelines read these arrays in place (see memory.py); a no-op when they are
-    x_train, y_train, x_test, y_test = (aligned(a) for a in (x_train, y_train, x_test, y_test))
+    # 64-byte aligned, so the pipelines read these arrays in place (see memory.py); a no-op when they are,
+    # and memory maps stay maps (their pipelines copy batches out of them)
+    x_train, y_train, x_test, y_test = (_in_place(a) for a in (x_train, y_train, x_test, y_test))
     if validation == "test":
         x_val, y_val = x_test, y_test
     elif x_val is not None:
-        x_val, y_val = aligned(x_val), aligned(y_val)
+        x_val, y_val = _in_place(x_val), _in_place(y_val)
     identity = dict(raw.identity, train_examples=len(x_train), val_examples=0 if x_val is None else len(x_val),
-                    test_examples=len(x_test), image_shape=list(shape), num_classes=n)  # fmt: skip
+                    test_examples=len(x_test), image_shape=list(shape), num_classes=n,
+                    classes=_class_counts(raw.class_names, {"train": y_train, "val": None if validation == "test" else y_val,
+                                                            "test": y_test}))  # fmt: skip
     return Splits(x_train, y_train, x_val, y_val, x_test, y_test, raw.class_names, identity)
+
+
+def _class_counts(names: list[str], labels: dict) -> dict[str, dict[str, int]]:
+    """{class name: {split: images}} for the manifest."""
+    counts = {part: np.bincount(np.asarray(y, dtype=np.int64), minlength=len(names))
+              for part, y in labels.items() if y is not None}
+    return {name: {part: int(c[i]) for part, c in counts.items()} for i, name in enumerate(names)}
+
+
+def _in_place(array: np.ndarray) -> np.ndarray:
+    return array if isinstance(array, np.memmap) else aligned(array)
 
 
 def check_available(data: DataConfig, data_dir: str | Path | None = None) -> None:

@@ -172,9 +172,14 @@ def split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     sorted by class; a seeded permutation avoids that. The count matches Keras (N - int(N * (1 - f))),
     and both parts keep their original order.
     """
-    n_val = len(x) - int(len(x) * (1 - fraction))
-    if n_val < 1 or n_val >= len(x):
-        raise DataError(f"validation_split {fraction} of {counted(len(x), 'training example')} leaves an empty part")
-    order = np.random.default_rng(seed).permutation(len(x))
-    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    train, val = held_out(len(x), fraction, seed)
     return x[train], y[train], x[val], y[val]
+
+
+def held_out(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) sorted indices of n examples: a seeded random `fraction` held out (Keras' count)."""
+    n_val = n - int(n * (1 - fraction))
+    if n_val < 1 or n_val >= n:
+        raise DataError(f"validation_split {fraction} of {counted(n, 'training example')} leaves an empty part")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -1,5 +1,12 @@
-"""Image-folder datasets: train/<class>/*, test/<class>/* (and val/), decoded once and cached on disk
-($CNNCTL_CACHE, default ~/.cache/cnnctl)."""
+"""Image datasets (`directory`, `csv`): listed by images.py, decoded by decode.py once, then read from
+a memory-mapped cache, so resident memory does not grow with the number of images.
+
+The cache holds one uncompressed uint8 .npy per split, plus a .json beside it naming the files that
+could not be read. Both are keyed by the split's files (paths, sizes, mtimes), the input shape and
+the resize policy, in $CNNCTL_CACHE (default ~/.cache/cnnctl). A decode is written to a temporary
+file renamed into place when complete, the .json last: an interrupted decode leaves nothing a later
+run would trust, and its temporary file is removed by the next run once its process is gone.
+"""
 
 from __future__ import annotations
 
@@ -7,172 +14,188 @@ import errno
 import hashlib
 import json
 import os
-import re
-import zipfile
-import zlib
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from cnnctl.data.arrays import Splits, given_path, label_dtype
+from cnnctl.data import decode, images
+from cnnctl.data.arrays import Splits, counted, label_dtype
 from cnnctl.errors import DataError
-from cnnctl.files import atomic_path
+from cnnctl.files import atomic_path, write_json
 from cnnctl.schema import DataConfig
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+CACHE_VERSION = 2
+MAX_LISTED = 10  # unreadable files named in the error; `cnnctl data` lists them all
 
 
-DECODE_BATCH = 256
-
-
-def _list_images(folder: Path, class_names: list[str] | None = None) -> tuple[list[str], list[Path], list[int]]:
-    """(class names, image paths, labels) of folder/<class>/**; class_names fixes the classes."""
-    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if class_names is not None and found != class_names:
-        raise DataError(f"{folder}: class folders {found} differ from those of train/: {class_names}")
-    paths, labels = [], []
-    for label, name in enumerate(found):
-        for dirpath, dirnames, filenames in os.walk(folder / name):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                if filename.lower().endswith(IMAGE_SUFFIXES) and not filename.startswith("."):
-                    paths.append(Path(dirpath, filename))
-                    labels.append(label)
-    if not paths:
-        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class folders")
-    return found, paths, labels
-
-
-def _fingerprint(root: Path, paths: list[Path], shape: tuple) -> tuple[str, int]:
-    """sha256 of the relative paths, sizes and mtimes (not contents: hashing every image is slow)."""
-    digest = hashlib.sha256(json.dumps({"version": 1, "root": str(root.resolve()), "shape": shape}).encode())
-    total = 0
-    for path in paths:
-        stat = _stat(path)
-        total += stat.st_size
-        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest(), total
-
-
-def _stat(path: Path) -> os.stat_result:
-    """The image's stat; a DataError naming it when it cannot be read (a broken or looping link, ...)."""
-    try:
-        return path.stat()
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            why = "a symbolic link loop"
-        elif path.is_symlink() and error.errno == errno.ENOENT:
-            why = f"a broken symbolic link (to {os.readlink(path)})"
-        else:
-            why = f"cannot read it: {error.strerror}"
-        raise DataError(f"{path}: {why}") from None
-
-
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     if os.environ.get("CNNCTL_CACHE"):
         return Path(os.environ["CNNCTL_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnctl"
 
 
-def _read_cache(path: Path, counts: list[int], shape: tuple) -> np.ndarray | None:
+def _stat(path: Path) -> os.stat_result | str:
+    """The image's stat, or why it cannot be read (a broken or looping link, a missing file, ...)."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            images = npz["images"]
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error):
-        return None  # a damaged cache entry is decoded again and overwritten
-    return images if images.dtype == np.uint8 and images.shape == (sum(counts), *shape) else None
+        return path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if path.is_symlink() and error.errno == errno.ENOENT:
+            return f"a broken symbolic link (to {os.readlink(path)})"
+        return f"cannot read it: {error.strerror}"
 
 
-def _write_cache(path: Path, images: np.ndarray) -> None:
-    """Atomically (temporary file, then rename); a cache that cannot be written is simply skipped."""
+def fingerprint(paths: list[Path], shape: tuple, data: DataConfig) -> tuple[str, int, dict[int, str]]:
+    """(sha256 of the paths, sizes and mtimes with the decode settings, bytes in all, {index: stat problem})."""
+    settings = {"version": CACHE_VERSION, "shape": list(shape), "resize": data.resize,
+                "max_image_pixels": data.max_image_pixels}
+    digest = hashlib.sha256(json.dumps(settings).encode())
+    total, problems = 0, {}
+    for i, path in enumerate(paths):
+        stat = _stat(path)
+        if isinstance(stat, str):
+            problems[i] = stat
+            digest.update(f"{path.absolute()}\0missing\n".encode())
+            continue
+        total += stat.st_size
+        digest.update(f"{path.absolute()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest(), total, problems
+
+
+def _read_cache(npy: Path, count: int, shape: tuple) -> tuple[np.ndarray, dict[int, str]] | None:
+    """(memory-mapped images, {index: reason} of unreadable files) of a complete cache entry, else None."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, images=images)
-    except OSError:
-        pass
+        meta = json.loads(npy.with_suffix(".json").read_text())
+        bad = {int(k): str(v) for k, v in meta["bad"].items()}
+        array = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # missing or damaged: decoded again and replaced
+    if meta.get("version") != CACHE_VERSION or array.dtype != np.uint8 or array.shape != (count - len(bad), *shape):
+        return None
+    return array, bad
 
 
-def decode_images(paths: list[Path], shape: tuple) -> np.ndarray:
-    """Decode, convert to `shape`'s channels and resize to its height and width, in parallel."""
-    import tensorflow as tf
-
-    height, width, channels = shape
-
-    def decode(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8, expand_animations=False)
-        if channels == 1:
-            image = tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8)
-        size = tf.shape(image)[:2]
-        same = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))
-        return tf.reshape(tf.cond(same, lambda: image, lambda: resize(image)), shape)
-
-    def resize(image):  # only for images of another size: same-size images keep their exact pixels
-        resized = tf.round(tf.image.resize(image, [height, width]))
-        return tf.cast(tf.clip_by_value(resized, 0, 255), tf.uint8)
-
-    spec = tf.TensorSpec(shape, tf.uint8)
-    batches = (tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).batch(DECODE_BATCH)
-               .map(lambda batch: tf.map_fn(decode, batch, fn_output_signature=spec),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .prefetch(2))  # fmt: skip
-    out = np.empty((len(paths), *shape), dtype=np.uint8)
-    iterator = iter(batches)
-    for start in range(0, len(paths), DECODE_BATCH):
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files of decodes whose process is gone (killed): never trusted, so removed."""
+    for leftover in folder.glob(".images-*.tmp"):
         try:
-            out[start:start + DECODE_BATCH] = next(iterator).numpy()
-        except tf.errors.OpError:
-            _raise_bad_image(paths[start:start + DECODE_BATCH], decode)
+            pid = int(leftover.name.split(".")[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            leftover.unlink(missing_ok=True)
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
+def _decode(paths: list[Path], shape: tuple, data: DataConfig, npy: Path | None, problems: dict[int, str],
+            progress, done: int, total: int) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode into a .npy at `npy` (the cache) or, without a cache, into an unlinked temporary file."""
+    folder = npy.parent if npy is not None else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    if npy is not None:
+        _remove_leftovers(folder)
+    tmp = folder / f".images-{os.urandom(6).hex()}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(decode.npy_header((len(paths), *shape)))
+            readable = [p for i, p in enumerate(paths) if i not in problems]
+            where = [i for i in range(len(paths)) if i not in problems]
+            bad = {where[i]: reason for i, reason in
+                   decode.decode_into(handle, readable, shape, data.resize, data.max_image_pixels, progress,
+                                      done, total).items()}
+            if problems and progress is not None:  # decode_into counted only the files it was given
+                progress(done + len(paths), total)
+            bad.update(problems)
+            handle.seek(0)
+            handle.write(decode.npy_header((len(paths) - len(bad), *shape)))
+        if npy is None:
+            array = np.load(tmp, mmap_mode="r")  # the map keeps the unlinked file's data
+            return array, dict(sorted(bad.items()))
+        os.replace(tmp, npy)
+        write_json(npy.with_suffix(".json"), {"version": CACHE_VERSION, "count": len(paths),
+                                              "bad": {str(k): v for k, v in sorted(bad.items())}})
+        return np.load(npy, mmap_mode="r"), dict(sorted(bad.items()))
+    except OSError as error:
+        raise DataError(f"{error.filename or tmp}: cannot write the decoded images ({error.strerror})",
+                        hint="set $CNNCTL_CACHE to a folder with room for them (about "
+                             f"{len(paths) * int(np.prod(shape)) / 1e9:.1f} GB)") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def decoded(files: images.ImageFiles, parts: list[str], shape: tuple, data: DataConfig,
+            progress: Callable[[int, int], None] | None = None) -> dict[str, tuple[np.ndarray, dict[int, str]]]:
+    """{split: (uint8 images of the readable files, {index: why unreadable})}, from the cache or decoded."""
+    keys = {part: fingerprint(files.paths[part], shape, data) for part in parts}
+    out, missing = {}, []
+    for part in parts:
+        npy = cache_dir() / f"images-{keys[part][0][:32]}.npy"
+        cached = _read_cache(npy, len(files.paths[part]), shape) if data.cache else None
+        if cached is None:
+            missing.append(part)
+        else:
+            out[part] = cached
+    total, done = sum(len(files.paths[p]) for p in missing), 0
+    for part in missing:
+        npy = cache_dir() / f"images-{keys[part][0][:32]}.npy" if data.cache else None
+        out[part] = _decode(files.paths[part], shape, data, npy, keys[part][2], progress, done, total)
+        done += len(files.paths[part])
     return out
 
 
-def _raise_bad_image(paths: list[Path], decode) -> None:
-    """Find which image of a failed batch cannot be decoded (TensorFlow's message does not say)."""
-    import tensorflow as tf
-
-    for path in paths:
-        try:
-            decode(tf.constant(str(path)))
-        except tf.errors.OpError as error:
-            message = re.sub(r"\{\{.*?\}\}\s*", "", error.message).strip()
-            raise DataError(f"{path}: cannot read image ({message})") from None
-    raise DataError(f"{paths[0].parent}: cannot decode a batch of images starting at {paths[0]}")
+def bad_files_error(files: images.ImageFiles, bad: dict[str, dict[int, str]]) -> DataError:
+    listed = [(files.paths[part][i], reason) for part in bad for i, reason in bad[part].items()]
+    shown = "; ".join(f"{path}: {reason}" for path, reason in listed[:MAX_LISTED])
+    more = f"; and {len(listed) - MAX_LISTED:,} more" if len(listed) > MAX_LISTED else ""
+    return DataError(f"{files.source}: {counted(len(listed), 'image')} cannot be read: {shown}{more}",
+                     hint="remove or replace them, or set data.skip_bad_files: true to train without them "
+                          "(`cnnctl data CONFIG` lists them all)")
 
 
-def load_directory(data: DataConfig, shape: tuple, data_dir) -> Splits:
-    """An image folder: train/<class>/*, test/<class>/*, and optionally val/<class>/*.
+def load_images(data: DataConfig, shape: tuple, data_dir, *, validation: str, validation_split: float, seed: int,
+                progress: Callable[[int, int], None] | None = None) -> Splits:
+    """An image dataset as memory-mapped uint8 arrays: train, test and (for validation "split") val.
 
-    Class names are the sorted folder names of train/. Images are converted to the input shape's
-    channels and resized to its height and width. A val/ folder, if present, is the validation
-    set for validation "split" instead of a held-out part of train/. Decoded arrays are cached as
-    an .npz in $CNNCTL_CACHE (default ~/.cache/cnnctl) keyed by `_fingerprint`, unless data.cache
-    is false.
+    Validation "split" uses val/ (or data.split's val part) when there is one, else holds out
+    `validation_split` of train with the seeded choice array datasets get.
     """
-    root = given_path(data, data_dir, lambda p: (p / "train").is_dir(), "a folder with train/")
-    if not (root / "test").is_dir():
-        raise DataError(f"{root}: an image folder needs train/<class>/ and test/<class>/ folders")
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
-        raise DataError(f"image folders need model.input_shape [H, W, 1 or 3] or [H, W], got {list(shape)}")
+        raise DataError(f"image datasets need model.input_shape [H, W, 1 or 3] or [H, W], got {list(shape)}")
     decode_shape = shape if len(shape) == 3 else (*shape, 1)
-    names, paths, labels = _list_images(root / "train")
-    splits = {"train": (paths, labels)}
-    for split in ("test", "val"):
-        if split == "test" or (root / split).is_dir():
-            splits[split] = _list_images(root / split, names)[1:]
-    all_paths = [p for paths, _ in splits.values() for p in paths]
-    counts = [len(paths) for paths, _ in splits.values()]
-    key, total = _fingerprint(root, all_paths, decode_shape)
-    cache = _cache_dir() / f"images-{key[:32]}.npz"
-    images = _read_cache(cache, counts, decode_shape) if data.cache else None
-    if images is None:
-        images = decode_images(all_paths, decode_shape)
-        if data.cache:
-            _write_cache(cache, images)
-    arrays, start = {}, 0
-    for split, (paths, labels) in splits.items():
-        arrays[split] = (images[start:start + len(paths)], np.asarray(labels, dtype=label_dtype(len(names))))
-        start += len(paths)
-    identity = {"dataset": "directory", "fingerprint": key,
-                "fingerprint_of": "relative paths, sizes and mtimes of the images, and the decoded shape",
-                "files": [{"path": str(root.absolute()), "bytes": total, "images": len(all_paths)}]}  # fmt: skip
-    return Splits(*arrays["train"], *arrays.get("val", (None, None)), *arrays["test"], names, identity)
+    files = images.list_files(data, data_dir)
+    digest = files.digest()  # of the listing as split on disk or by data.split: the same for every command
+    if validation == "split" and "val" not in files.paths:
+        files = images.hold_out_validation(files, validation_split, seed)
+    parts = ["train", *(["val"] if validation == "split" else []), "test"]
+    arrays = decoded(files, parts, decode_shape, data, progress)
+    bad = {part: arrays[part][1] for part in parts if arrays[part][1]}
+    if bad and not data.skip_bad_files:
+        raise bad_files_error(files, bad)
+    for part in bad:
+        if len(bad[part]) == len(files.paths[part]):  # skipping them all would leave nothing to train or test on
+            raise DataError(f"{files.source}: none of the {counted(len(bad[part]), 'image')} of the {part} split "
+                            f"can be read, e.g. {files.paths[part][0]}: {bad[part][0]}")
+    labels = {}
+    for part in parts:
+        keep = np.ones(len(files.paths[part]), dtype=bool)
+        keep[list(arrays[part][1])] = False
+        labels[part] = files.labels[part][keep].astype(label_dtype(len(files.class_names)))
+    split = lambda part: (arrays[part][0], labels[part]) if part in parts else (None, None)  # noqa: E731
+    return Splits(*split("train"), *split("val"), *split("test"), files.class_names,
+                  identity(files, bad, digest, data))
+
+
+def identity(files: images.ImageFiles, bad: dict, digest: str, data: DataConfig) -> dict:
+    """What the run records of an image dataset: where, how many, which split, what was skipped."""
+    listed = [p for part in files.paths for p in files.paths[part]]
+    total = sum(s.st_size for s in map(_stat, listed) if not isinstance(s, str))
+    skipped = [{"split": part, "path": str(files.paths[part][i]), "reason": reason}
+               for part in bad for i, reason in bad[part].items()]
+    return {"dataset": data.dataset, "layout": images.LAYOUTS[files.layout],
+            "files": [{"path": str(files.source.absolute()), "bytes": total, "images": len(listed)}],
+            "split": files.split.model_dump() if files.split else None, "split_digest": digest,
+            "resize": data.resize, "skipped": len(skipped), "skipped_files": skipped[:100],
+            "notes": files.notes}

@@ -8,6 +8,9 @@ Eigen requires (64 bytes with AVX-512): `aligned` makes sure of that, once, when
 
 from __future__ import annotations
 
+import mmap
+import threading
+
 import numpy as np
 
 ALIGNMENT = 64  # EIGEN_MAX_ALIGN_BYTES on AVX-512 builds; an unaligned tensor aborts the process
@@ -40,3 +43,38 @@ def host_tensor(array: np.ndarray):
         return tf.constant(array)
     with tf.device("/cpu:0"):
         return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+class MapReader:
+    """Batches copied out of a memory-mapped array (the image cache), with bounded resident memory.
+
+    Pages of a file mapped into the process count in its RSS for as long as they stay mapped, so an
+    epoch over a 5 GB map would end with 5 GB resident. Every `release_bytes` read, the pages are
+    dropped from the mapping (madvise DONTNEED: they stay in the kernel's page cache, which the
+    kernel reclaims under pressure, and the next read maps them again without reading the disk).
+    """
+
+    def __init__(self, array: np.memmap, release_bytes: int = 256 << 20):
+        self.array = array
+        self.release_bytes = release_bytes
+        self._read = 0
+        self._lock = threading.Lock()
+        self._map = getattr(array, "_mmap", None)
+        self._image_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.itemsize
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        batch = np.take(self.array, indices, axis=0)
+        with self._lock:
+            self._read += len(indices) * self._image_bytes
+            if self._read >= self.release_bytes:
+                self._read = 0
+                self.release()
+        return batch
+
+    def release(self) -> None:
+        """Drop the map's pages from this process (they are re-read from the page cache when needed)."""
+        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # a closed map, or a platform without it: only memory is at stake
+                pass
