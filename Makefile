@@ -42,8 +42,10 @@ smoke:
 		|| { cat $(SMOKE_DIR).log; echo "smoke FAILED: cnnctl tune configs/mnist_tune.yaml --smoke"; exit 1; }; \
 	echo "smoke ok: cnnctl tune configs/mnist_tune.yaml --smoke ($$(( $$(date +%s) - start )) s)"
 
+# The tutorial comparison (bench/run.py), then memory and speed on 100,000 generated images (bench/images.py).
 bench:
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/images.py $(BENCH_IMAGES_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -16,7 +16,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from cnnctl import __version__, render
 from cnnctl.errors import CnnctlError, Interrupted
@@ -55,18 +54,13 @@ def _quiet_tensorflow() -> None:
 
 @contextlib.contextmanager
 def _errors():
-    """Render cnnctl errors as short messages (exit 2 for bad input, 1 for failed runs); an interrupted
-    run says how to resume it."""
+    """Render cnnctl errors as short messages (render.error), exit 2 for bad input and 1 for failed runs."""
     try:
         yield
     except CnnctlError as exc:
         if _state["debug"]:
             raise
-        for line in exc.message.splitlines():
-            err.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, markup=True)
-        hint = exc.hint or (f"resume with: cnnctl train --resume {exc.run_dir}" if isinstance(exc, Interrupted) else None)
-        if hint:
-            err.print(f"hint: {hint}", highlight=False, markup=False)
+        render.error(exc, err)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -166,8 +160,9 @@ def train(
         stop = _install_stop_handlers()
         shown = [render.progress_display(out, stop, as_json=json_, quiet=quiet)]
         log = functools.partial(render.plain, console=err if json_ else out)  # JSON keeps stdout for itself
-        result = training.run(cfg, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir, smoke=smoke,
-                              callbacks=shown, log=log, resume_from=resume, stop=stop, mlflow=mlflow)
+        result = training.run(cfg, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir, smoke=smoke, log=log,
+                              callbacks=shown, resume_from=resume, stop=stop, mlflow=mlflow,
+                              progress=render.Decoding(err, bar=not (quiet or json_)))
         render.train_result(result, out, as_json=json_)
         if result.status != "completed":
             raise typer.Exit(1)
@@ -258,13 +253,7 @@ def evaluate(
 
         outcome = results.evaluate(target, config_path=config, data_dir=data_dir, out=out_file, force=force)
         plotted = results.write_report(outcome, lambda message: err.print(message, highlight=False, markup=False))
-        if json_:
-            render.print_json(outcome.report, out, indent=None)
-            return
-        render.report(outcome.report, out)
-        render.plain(f"report written to {outcome.destination}", out)
-        if plotted:
-            render.plain(f"plots written to {plotted}", out)
+        render.evaluation(outcome, plotted, out, as_json=json_)
 
 
 @app.command("runs")
@@ -313,11 +302,22 @@ def predict_command(
         render.predictions(found, out, as_json=json_)
 
 
-class ExportFormat(str, Enum):  # the formats of cnnctl.export.FORMATS (a test keeps them in step)
-    keras = "keras"
-    saved_model = "saved_model"
-    tflite = "tflite"
-    onnx = "onnx"
+ExportFormat = Enum("ExportFormat", {f: f for f in ("keras", "saved_model", "tflite", "onnx")}, type=str)  # export.FORMATS
+
+
+@app.command("data")
+def data_command(config: ConfigArg, set_: SetOpt = None, data_dir: DataDirOpt = None, json_: JsonOpt = False,
+                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False) -> None:
+    """Inspect a dataset without training: classes, images per split, sizes, modes, bad files, duplicates, cache."""
+    with _errors():
+        from cnnctl.config import load_config
+        from cnnctl.data.inspection import inspect_dataset
+        from cnnctl.shapes import output_units
+
+        cfg = load_config(config, set_)
+        report = inspect_dataset(cfg, data_dir, num_classes=output_units(cfg.model),
+                                 progress=render.Decoding(err, bar=not (quiet or json_)))
+        render.dataset_report(report, out, as_json=json_)
 
 
 @app.command("export")

@@ -1,7 +1,14 @@
-"""What `model.compile` gets from `config.train`: the optimizer with its learning-rate schedule, and the metrics."""
+"""What Keras gets from `config.train`: the optimizer with its learning-rate schedule and the metrics
+(`model.compile`), and the class weights (`model.fit`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+
+from cnnctl.config import echo, printable, suggest
+from cnnctl.errors import ConfigError, DataError
 from cnnctl.schema import OptimizerConfig, TrainConfig
 
 
@@ -46,3 +53,86 @@ def make_metrics(config: TrainConfig) -> list:
         else:
             metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=config.top_k, name="top_k_accuracy"))
     return metrics
+
+
+def class_weights(setting: str | dict[str, float] | None, y_train, class_names: list[str]) -> dict[int, float] | None:
+    """The weights of `train.class_weight` by class index (Keras' `class_weight` form), or None (unweighted).
+
+    "auto" weighs class c by n_samples / (n_classes * count_c) over `y_train`, the training split actually
+    used (after any validation hold-out), as scikit-learn's compute_class_weight("balanced") does; like
+    it, it refuses a class without training images. A mapping weighs classes by name; the others weigh 1.
+    Every index 0..n-1 gets a weight: each label's weight is gathered from a table (here and in Keras'
+    fit), and a label past its end is an error on a CPU (a silent weight of 0 on a GPU).
+    """
+    if setting is None:
+        return None
+    n = len(class_names)
+    if setting == "auto":
+        counts = np.bincount(np.asarray(y_train, dtype=np.int64).ravel(), minlength=n)
+        empty = [class_names[c] for c in range(n) if counts[c] == 0]
+        if empty:
+            which = f"class {echo(empty[0])} has" if len(empty) == 1 else f"classes {_listed(empty)} have"
+            raise DataError(f"train.class_weight: auto weighs each class by its count among the {len(y_train):,} "
+                            f"training images, and {which} none",
+                            hint="give the weights by class name instead, or more images of those classes")
+        return {c: len(y_train) / (n * int(counts[c])) for c in range(n)}
+    unknown = [name for name in setting if name not in class_names]
+    if unknown:
+        raise ConfigError([f"train.class_weight: no class named {echo(name)} (classes: {_listed(class_names)}"
+                           f"{suggest(name, class_names)})" for name in unknown])
+    return {c: float(setting.get(name, 1.0)) for c, name in enumerate(class_names)}
+
+
+def with_class_weights(dataset, class_weight: dict[int, float] | None):
+    """Batches of (images, labels) with each example's class weight as a third element, Keras' sample weight
+    (`dataset` itself without weights); labels are class indices or one-hot rows.
+
+    This is what fit(class_weight=...) does to a tf.data.Dataset (the same table lookup; the loss becomes
+    mean(weight * loss) per batch), done here because under multi_worker fit gets a distributed dataset,
+    which Keras cannot map.
+    """
+    if class_weight is None:
+        return dataset
+    import tensorflow as tf
+
+    table = tf.constant([class_weight[c] for c in range(len(class_weight))], tf.float32)
+
+    def weigh(images, labels):
+        classes = tf.argmax(labels, axis=-1, output_type=tf.int32) if labels.shape.rank == 2 else labels
+        return images, labels, tf.gather(table, classes)
+
+    return dataset.map(weigh).prefetch(tf.data.AUTOTUNE)
+
+
+def class_weight_fields(setting: str | dict[str, float] | None, weights: dict[int, float] | None,
+                        class_names: list[str]) -> dict:
+    """The manifest's record of the class weights a run trains with: by class name, and how they were set."""
+    if weights is None:
+        return {"class_weight": None, "class_weight_mode": None}
+    return {"class_weight": {class_names[c]: w for c, w in weights.items()},
+            "class_weight_mode": "auto" if setting == "auto" else "given"}
+
+
+def describe_class_weights(setting: str | dict[str, float], weights: dict[int, float], class_names: list[str],
+                           limit: int = 10) -> str:
+    """`class weights (auto): airplane 0.52, …, truck 3.1`; past `limit` classes, the first ones and the range."""
+    parts = [f"{printable(class_names[c], 24)} {w:.3g}" for c, w in weights.items()]
+    if len(parts) > limit:
+        low, high = min(weights.values()), max(weights.values())
+        parts = [*parts[:limit - 1], f"… ({len(parts):,} classes, {low:.3g} to {high:.3g})"]
+    return f"class weights ({'auto' if setting == 'auto' else 'given'}): {', '.join(parts)}"
+
+
+def _listed(names: list[str], limit: int = 12) -> str:
+    """`cat, dog`; past `limit` names, the first ones and how many more."""
+    more = f", … ({len(names) - limit:,} more)" if len(names) > limit else ""
+    return ", ".join(printable(name, 24) for name in names[:limit]) + more
+
+
+def run_class_weights(setting: str | dict[str, float] | None, y_train, class_names: list[str],
+                      log: Callable[[str], None]) -> tuple[dict[int, float] | None, dict]:
+    """`class_weights` at a run's start: the weights, their manifest fields, and a line to `log` if weighted."""
+    weights = class_weights(setting, y_train, class_names)
+    if weights is not None:
+        log(describe_class_weights(setting, weights, class_names))
+    return weights, class_weight_fields(setting, weights, class_names)

@@ -484,13 +484,20 @@ SMOKE_STEPS = 3  # training steps of a --smoke run
 
 
 def smoke_config(config: Config) -> Config:
-    """The same model on a few batches of synthetic data, one epoch: proves the config runs (--smoke)."""
+    """The same model on a few batches of synthetic data, one epoch: proves the config runs (--smoke).
+
+    Synthetic classes are named 0, 1, ... unless data.class_names names them: class weights given for
+    other names are weighed "auto" instead (the weighting still runs, and no real class name is an error).
+    """
     batch = config.train.batch_size
     synthetic = config.data.synthetic.model_copy(update={"train_examples": batch * SMOKE_STEPS,
                                                          "test_examples": batch})
+    weights = config.train.class_weight
+    if isinstance(weights, dict) and not set(weights) <= set(config.data.class_names or ()):
+        weights = "auto"
     return config.model_copy(update={
         "data": config.data.model_copy(update={"dataset": "synthetic", "synthetic": synthetic}),
-        "train": config.train.model_copy(update={"epochs": 1}),
+        "train": config.train.model_copy(update={"epochs": 1, "class_weight": weights}),
     })
 
 

@@ -82,7 +82,7 @@ def load_classifier(target: str | Path, config_path: str | Path | None = None):
     return model, names, source
 
 
-def prepare(paths: list[Path], input_shape: tuple, resize: str = "stretch") -> np.ndarray:
+def prepare(paths: list[Path], input_shape: tuple, resize: str = "stretch", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """float32 images in [0, 1], shaped (N, *input_shape); DataError naming an unreadable file."""
     shape = tuple(int(d) for d in input_shape)
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
@@ -93,24 +93,26 @@ def prepare(paths: list[Path], input_shape: tuple, resize: str = "stretch") -> n
     for i, path in enumerate(paths):
         if not path.is_file():
             raise DataError(f"{path}: not a file")
-        image = decode.decode_file(path, decode_shape, resize, MAX_PIXELS)  # the training data's own conversion
+        image = decode.decode_file(path, decode_shape, resize, max_pixels)  # the training data's own conversion
         if isinstance(image, str):
             raise DataError(f"{path}: cannot read image ({image})")
         out[i] = image / np.float32(255.0)
     return out.reshape((len(paths), *shape))
 
 
-def _resize_policy(target: Path, config_path) -> str:
-    """The data.resize of the config given, or of the run `target` is (or holds the checkpoint of)."""
+def _decode_settings(target: Path, config_path) -> tuple[str, int]:
+    """(data.resize, data.max_image_pixels) of the config given, or of the run `target` is (or holds the
+    checkpoint of); the defaults without one."""
     from cnnctl.config import load_config
 
     for candidate in (config_path, target / rundir.CONFIG, target.parent.parent / rundir.CONFIG):
         if candidate is not None and Path(candidate).is_file():
             try:
-                return load_config(candidate).data.resize
-            except CnnctlError:  # an unreadable config: the default policy
-                return "stretch"
-    return "stretch"
+                data = load_config(candidate).data
+            except CnnctlError:  # an unreadable config: the defaults
+                break
+            return data.resize, data.max_image_pixels
+    return "stretch", MAX_PIXELS
 
 
 def predict(target: str | Path, images: str | Path, *, top_k: int = 3, config_path: str | Path | None = None,
@@ -120,7 +122,7 @@ def predict(target: str | Path, images: str | Path, *, top_k: int = 3, config_pa
     destination = rundir.check_output(out, force=force) if out is not None else None
     paths = find_images(images)
     model, names, _ = load_classifier(target, config_path)
-    x = prepare(paths, model.input_shape[1:], _resize_policy(Path(target), config_path))
+    x = prepare(paths, model.input_shape[1:], *_decode_settings(Path(target), config_path))
     probabilities = np.asarray(model.predict(x, batch_size=BATCH, verbose=0), dtype=np.float64)
     k = max(1, min(top_k, probabilities.shape[1]))
     results = []

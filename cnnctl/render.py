@@ -11,8 +11,11 @@ import json
 from datetime import datetime
 
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
+
+from cnnctl.errors import CnnctlError, Interrupted
 
 # ---------------------------------------------------------------- helpers
 
@@ -24,6 +27,15 @@ def plain(text: str, console: Console) -> None:
 
 def print_json(data, console: Console, *, indent: int | None = 2) -> None:
     plain(json.dumps(data, indent=indent), console)
+
+
+def error(exc: CnnctlError, console: Console) -> None:
+    """A cnnctl error: `error: ` before each line of its message, then its hint (an interrupted run's: how to resume)."""
+    for line in exc.message.splitlines():
+        console.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, markup=True)
+    hint = exc.hint or (f"resume with: cnnctl train --resume {exc.run_dir}" if isinstance(exc, Interrupted) else None)
+    if hint:
+        console.print(f"hint: {hint}", highlight=False, markup=False)
 
 
 def table(rich_table: Table, console: Console) -> None:
@@ -128,6 +140,36 @@ def progress_display(console: Console, stop, *, as_json: bool = False, quiet: bo
     return progress.RichProgress(console, stop)
 
 
+class Decoding:
+    """progress(done, total) of a first decode of image files: a live bar with images/s on a terminal,
+    else one line when it is over."""
+
+    def __init__(self, console: Console, *, bar: bool = True):
+        import time
+
+        self.console, self.bar, self.clock = console, bar and console.is_terminal, time.perf_counter
+        self.progress = self.task = self.started = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.started is None:
+            self.started = self.clock()
+            if self.bar:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.progress = Progress(TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                         console=self.console, transient=True)
+                self.task = self.progress.add_task("decode", total=total, rate="")
+                self.progress.start()
+        seconds = max(self.clock() - self.started, 1e-9)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, rate=f"{done / seconds:,.0f} images/s")
+        if done >= total:
+            if self.progress is not None:
+                self.progress.stop()
+            plain(f"decoded {total:,} images in {seconds:.1f} s ({total / seconds:,.0f} images/s)", self.console)
+
+
 def train_result(result, console: Console, *, as_json: bool = False) -> None:
     """The end of `cnnctl train` for a results.TrainResult: a block of lines, or one JSON line."""
     evaluation = result.evaluation or {}
@@ -177,6 +219,18 @@ def report(data: dict, console: Console) -> None:
     for name, row in zip(names, data["confusion_matrix"], strict=True):
         matrix.add_row(name, *[str(v) for v in row])
     console.print(matrix)
+
+
+def evaluation(outcome, plotted, console: Console, *, as_json: bool = False) -> None:
+    """`cnnctl evaluate`'s result (a results.Evaluation): the report and where it was written, or the report as
+    one JSON line."""
+    if as_json:
+        print_json(outcome.report, console, indent=None)
+        return
+    report(outcome.report, console)
+    plain(f"report written to {outcome.destination}", console)
+    if plotted:
+        plain(f"plots written to {plotted}", console)
 
 
 # ---------------------------------------------------------------- runs, compare, predict, export
@@ -323,3 +377,97 @@ def synced(rows: list[dict], console: Console, *, as_json: bool = False) -> None
         problems = f"  NOT all logged: {'; '.join(row['problems'])}" if row["problems"] else ""
         plain(f"{row['run']}  ->  MLflow run {row['run_id']} at {row['uri']}  ({row['epochs']} epochs){problems}",
               console)
+
+
+# ---------------------------------------------------------------- data
+
+DUPLICATES_SHOWN = 10  # groups of identical images listed; --json lists them all
+
+
+def size_in_bytes(n: float) -> str:
+    """`812 bytes`, `1.4 MB`, `3.2 GB` (powers of 1000)."""
+    unit = "bytes"
+    for larger in ("KB", "MB", "GB"):
+        if n < 1000:
+            break
+        n, unit = n / 1000, larger
+    return f"{int(n):,} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+
+
+def dataset_report(report: dict, console: Console, *, as_json: bool = False) -> None:
+    """`cnnctl data`: where the data is, images per class and split, sizes and modes, the files training
+    would refuse, identical images in different splits, the decode cache."""
+    if as_json:
+        print_json(report, console)
+        return
+    size = f", {size_in_bytes(report['bytes'])}" if report["bytes"] else ""
+    plain(f"dataset    {report['dataset']}: {report['source'] or 'generated'} ({report['layout']}{size})", console)
+    if report["split"]:
+        s = report["split"]
+        plain(f"split      per class: val {s['val']:g}, test {s['test']:g} (data.split, seed {s['seed']})", console)
+    parts = list(report["totals"])
+    counts = Table(title=f"{len(report['classes'])} classes, {report['images']:,} images", title_justify="left")
+    for column in ("class", *parts, "total"):
+        counts.add_column(column, justify="left" if column == "class" else "right")
+    for i, (name, row) in enumerate(report["counts"].items()):
+        counts.add_row(name, *[f"{row[p]:,}" for p in parts], f"{sum(row.values()):,}",
+                       end_section=i == len(report["counts"]) - 1)
+    counts.add_row("total", *[f"{report['totals'][p]:,}" for p in parts], f"{report['images']:,}")
+    table(counts, console)
+    other = report["other_sizes"]
+    more = f", and {other['sizes']:,} other sizes ({other['images']:,} images)" if other["sizes"] else ""
+    plain("sizes      " + (", ".join(f"{s['width']}x{s['height']} {s['images']:,}" for s in report["sizes"]) or "-")
+          + more, console)
+    modes = ", ".join(f"{kind} {n:,}" for kind, n in report["modes"].items()) or "-"
+    plain(f"modes      {modes}  (Pillow: {', '.join(f'{m} {n:,}' for m, n in report['pillow_modes'].items())})"
+          if set(report["pillow_modes"]) - set(report["modes"]) else f"modes      {modes}", console)
+    _unreadable(report["unreadable"], console)
+    _duplicates(report["duplicates"], console)
+    _cache(report["cache"], console)
+    for note in report["notes"]:
+        plain(f"note       {note}", console)
+
+
+def _unreadable(files: list[dict], console: Console) -> None:
+    if not files:
+        plain("unreadable none", console)
+        return
+    plain(f"unreadable {len(files):,} file{'s' * (len(files) > 1)} training would refuse "
+          "(data.skip_bad_files: true skips them):", console)
+    for entry in files:
+        plain(f"           {entry['split']:<5}  {entry['path']}: {entry['reason']}", console)
+
+
+def _member(member: dict) -> str:
+    return f"{member['split']} {member['path'] if 'path' in member else '#' + str(member['index'])}"
+
+
+def _duplicates(found: dict, console: Console) -> None:
+    groups = found["across_splits"]
+    if not groups:
+        plain("duplicates none across splits", console)
+    else:
+        n = found["groups_across_splits"]
+        plain(f"duplicates {n:,} group{'s' * (n != 1)} of identical images in different splits "
+              f"({found['images_across_splits']:,} images):", console)
+        for group in groups[:DUPLICATES_SHOWN]:
+            differ = "  (classes differ)" if group["classes_differ"] else ""
+            plain(f"           {group['sha256'][:12]}  {', '.join(_member(m) for m in group['files'])}{differ}",
+                  console)
+        if len(groups) > DUPLICATES_SHOWN:
+            plain(f"           and {len(groups) - DUPLICATES_SHOWN:,} more groups (--json lists them all)", console)
+    within = ", ".join(f"{part} {n:,}" for part, n in found["within_split"].items())
+    plain(f"           extra copies within a split: {within}", console)
+
+
+def _cache(cache: dict | None, console: Console) -> None:
+    if cache is None:
+        return
+    if not cache["enabled"]:
+        plain(f"cache      off (data.cache: false): every run decodes the images; folder {cache['folder']}", console)
+        return
+    plain(f"cache      {cache['folder']}  ({cache['folder_files']:,} files, {size_in_bytes(cache['folder_bytes'])} "
+          "in all)", console)
+    for part, entry in cache["splits"].items():
+        state = f"cached, {size_in_bytes(entry['bytes'])}" if entry["cached"] else "not cached (the next run decodes it)"
+        plain(f"           {part:<5}  {entry['file']}  {state}", console)

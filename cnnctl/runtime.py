@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -245,6 +246,57 @@ def build_for_multi_worker(model, batch) -> None:
     """
     model._symbolic_build(data_batch=batch)
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def epoch_steps(examples: int, batch_size: int, strategy, distribute: str) -> int:
+    """The steps of an epoch of `examples`, once it is sure that each replica can take its part of every batch.
+
+    Under multi_worker every replica of every worker reads its part of each global batch (see
+    `data.pipeline`): the batch must split evenly, and an epoch's smaller last batch must leave
+    no replica empty (Keras cannot train a replica on an empty batch: the step fails).
+    """
+    steps, replicas, last = math.ceil(examples / batch_size), strategy.num_replicas_in_sync, examples % batch_size
+
+    def splits(batch: int) -> bool:
+        return batch % replicas == 0 and (examples % batch == 0 or examples % batch >= replicas)
+
+    if distribute != "multi_worker" or replicas == 1 or splits(batch_size):
+        return steps
+    cluster = (tf_config() or {}).get("cluster", {})
+    workers = len(cluster.get("chief", [])) + len(cluster.get("worker", [])) or 1
+    where = f"the {replicas} replicas of runtime.distribute multi_worker ({workers} worker(s))"
+    fits = [batch for batch in range(replicas, 2 * batch_size + replicas, replicas) if splits(batch)]
+    hint = f"use e.g. {min(fits, key=lambda batch: abs(batch - batch_size))}" if fits else f"use a multiple of {replicas}"
+    if batch_size % replicas:
+        raise RuntimeConfigError(f"train.batch_size: {batch_size} does not split evenly across {where}: each replica "
+                                 "reads an equal part of every global batch", hint=hint)
+    raise RuntimeConfigError(f"train.batch_size: {batch_size} leaves a last batch of {last} of the {examples} training "
+                             f"examples in every epoch, too few for {where}: a replica would get an empty batch",
+                             hint=hint + " (a batch size whose remainder is 0 or at least the number of replicas)")
+
+
+def worker_input(strategy, distribute: str, make):
+    """fit's training input: `make(...)` itself, or under multi_worker each worker's share of it.
+
+    `make(*args, shard=None, **kwargs)` builds a tf.data pipeline of global batches, or with
+    `shard=(worker, workers, replicas per worker)` that worker's part of each (see
+    `data.pipeline`). Given a plain dataset, Keras 3 (TFEpochIterator) calls
+    `strategy.experimental_distribute_dataset`, which under MultiWorkerMirroredStrategy
+    auto-shards by DATA (our pipeline reads no files): every worker runs the whole pipeline,
+    gathers every global batch and throws all but its slice away. Here each worker builds its
+    own pipeline (`distribute_datasets_from_function`) and gathers only its share.
+    """
+    if distribute != "multi_worker":
+        return make
+
+    def distributed(*args, **kwargs):
+        def dataset_fn(context):
+            replicas = context.num_replicas_in_sync // context.num_input_pipelines
+            return make(*args, shard=(context.input_pipeline_id, context.num_input_pipelines, replicas), **kwargs)
+
+        return strategy.distribute_datasets_from_function(dataset_fn)
+
+    return distributed
 
 
 def apply(runtime_plan: Plan, seed: int):

@@ -70,6 +70,12 @@ class DataConfig(Section):
     """Unreadable, empty or oversized images: false refuses to start and lists them all; true skips them (counted in the manifest)."""
     max_image_pixels: Annotated[int, Field(gt=0)] = 89_478_485
     """Images whose header claims more pixels than this are refused (decompression bombs); Pillow's own limit by default."""
+
+    @model_validator(mode="after")
+    def _split_is_for_image_files(self) -> DataConfig:
+        if self.split is not None and self.dataset not in ("directory", "csv"):
+            raise ValueError(f"split applies to image folders and CSVs (directory, csv), not to {self.dataset}")
+        return self
     num_classes: Annotated[int, Field(gt=1, le=100_000)] | None = None
     """Number of classes; taken from the dataset (or the last layer for synthetic data) when unset."""
     class_names: list[str] | None = None
@@ -79,7 +85,7 @@ class DataConfig(Section):
     synthetic: SyntheticData = SyntheticData()
     """Sizes of the synthetic dataset (also used by --smoke)."""
     cache: bool = True
-    """Cache decoded image folders on disk ($CNNCTL_CACHE, default ~/.cache/cnnctl) so decoding happens once."""
+    """Keep decoded images on disk ($CNNCTL_CACHE, default ~/.cache/cnnctl; one .npy per split, read through a memory map) so decoding happens once; false decodes into a temporary file every run."""
 
 
 # ---------------------------------------------------------------- model

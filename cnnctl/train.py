@@ -19,6 +19,7 @@ from typing import Any
 
 from cnnctl import __version__, files, history, results, resume, rundata, rundir, runtime, tracking
 from cnnctl.callbacks import Stop
+from cnnctl.compile import make_metrics, make_optimizer, run_class_weights, with_class_weights
 from cnnctl.config import smoke_config, to_yaml
 from cnnctl.data import Splits
 from cnnctl.errors import CnnctlError, Interrupted, TrainingFailed
@@ -42,6 +43,7 @@ class RunContext:
     log: Callable[[str], None]
     callbacks: Sequence = ()  # the caller's (progress display)
     tracker: tracking.Tracker | None = None  # the run's MLflow run, if tracked
+    class_weight: dict[int, float] | None = None  # train.class_weight by class index; None: unweighted
 
     @property
     def steps_per_epoch(self) -> int:
@@ -51,12 +53,14 @@ class RunContext:
 def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None = None,
         data_dir: str | Path | None = None, smoke: bool = False, callbacks: Sequence = (),
         log: Callable[[str], None] = lambda message: None, resume_from: str | Path | None = None,
-        stop: Stop | None = None, mlflow: str | None = None, parent_run_id: str | None = None) -> results.TrainResult:
+        stop: Stop | None = None, mlflow: str | None = None, parent_run_id: str | None = None,
+        progress: Callable[[int, int], None] | None = None) -> results.TrainResult:
     """Train `config` into a new run directory (or continue `resume_from`), then evaluate it.
 
     `stop` lets the caller ask for a graceful stop (a signal handler): a resume checkpoint after the
     current step, then `Interrupted`. `mlflow` (a URI; "" for the default store) tracks the run as
-    `tracking.mlflow` does. Keras' global precision policy is put back afterwards.
+    `tracking.mlflow` does. `progress(done, total)` follows a first decode of images. Keras' global
+    precision policy is put back afterwards.
     """
     import keras
 
@@ -69,7 +73,8 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
         tracker = tracking.configured(config, resumption.run_dir.parent if resumption else runs_dir, mlflow,
                                       parent_run_id, resumption.manifest if resumption else None)
         ctx, manifest = _start(config, resumption, runs_dir=runs_dir, run_name=run_name, data_dir=data_dir,
-                               smoke=smoke, callbacks=callbacks, log=log, stop=stop or Stop(), locks=locks)
+                               smoke=smoke, callbacks=callbacks, log=log, stop=stop or Stop(), locks=locks,
+                               progress=progress)
         ctx.tracker = tracking.attach(tracker if ctx.chief else None, manifest, ctx.run_dir)
         return _train(ctx, manifest, started)
     finally:
@@ -79,7 +84,7 @@ def run(config: Config, *, runs_dir: str | Path = "runs", run_name: str | None =
 
 
 def _start(config: Config, resumption: resume.Resumption | None, *, runs_dir, run_name, data_dir, smoke, callbacks,
-           log, stop, locks: list) -> tuple[RunContext, rundir.Manifest]:
+           log, stop, locks: list, progress=None) -> tuple[RunContext, rundir.Manifest]:
     """Runtime, data and the run directory (locked) with its manifest and config.yaml."""
     start_time = rundir.now()
     smoke = bool(resumption.manifest.get("smoke")) if resumption else smoke
@@ -92,13 +97,12 @@ def _start(config: Config, resumption: resume.Resumption | None, *, runs_dir, ru
         log(f"note: {note}")
     strategy = runtime.apply(plan, config.seed)
     chief = runtime.is_chief()
-    if resumption:
-        splits = rundata.load_for_run(resumption.run_dir, config, resumption.manifest, data_dir=data_dir,
-                                      validation=config.train.validation)
-    else:
-        splits = rundata.load(config, data_dir=data_dir, validation=config.train.validation, smoke=smoke)
+    splits = rundata.for_training(config, resumption and (resumption.run_dir, resumption.manifest), data_dir=data_dir,
+                                  smoke=smoke, progress=progress)
+    log("\n".join(rundata.describe(splits)))
+    weights, weight_fields = run_class_weights(config.train.class_weight, splits.y_train, splits.class_names, log)
     state = resumption.state if resumption else None
-    steps = math.ceil(len(splits.x_train) / config.train.batch_size)
+    steps = runtime.epoch_steps(len(splits.x_train), config.train.batch_size, strategy, plan.distribute)
     spe, spe_reason = runtime.steps_per_execution(config.runtime.steps_per_execution, steps,
                                                   config.train.checkpoint_every_steps, state.step if state else 0,
                                                   plan.distribute)
@@ -111,7 +115,7 @@ def _start(config: Config, resumption: resume.Resumption | None, *, runs_dir, ru
         locks.append(rundir.lock(run_dir, "train"))
     manifest = rundir.Manifest(run_dir, dict(resumption.manifest) if resumption and chief else {})
     fields = dict(status="running", **runtime.describe(plan, strategy), steps_per_execution=spe,
-                  steps_per_execution_reason=spe_reason, end_time=None)
+                  steps_per_execution_reason=spe_reason, end_time=None, **weight_fields)
     entry = {"time": start_time, "command": sys.argv, "notes": list(resumption.notes)} if resumption else None
     try:
         if state is None:  # a new run, or one that stopped before its first checkpoint and starts again
@@ -128,7 +132,8 @@ def _start(config: Config, resumption: resume.Resumption | None, *, runs_dir, ru
         with contextlib.suppress(OSError):
             manifest.update(status="failed", error=error.message)
         raise error from None
-    return RunContext(config, splits, plan, strategy, spe, run_dir, chief, smoke, stop, state, log, callbacks), manifest
+    return RunContext(config, splits, plan, strategy, spe, run_dir, chief, smoke, stop, state, log, callbacks,
+                      class_weight=weights), manifest
 
 
 def _train(ctx: RunContext, manifest: rundir.Manifest, started: float) -> results.TrainResult:
@@ -172,20 +177,19 @@ def _train(ctx: RunContext, manifest: rundir.Manifest, started: float) -> result
 def _fit(ctx: RunContext):
     """Build (or restore) the model and run Keras' fit, finishing an interrupted epoch first."""
     from cnnctl import callbacks as cb
-    from cnnctl.compile import make_metrics, make_optimizer
     from cnnctl.data import make_dataset, make_epoch_dataset
     from cnnctl.model import build_model
     from cnnctl.summary import text as summary_text
 
     config, train, state, stop = ctx.config, ctx.config.train, ctx.state, ctx.stop
     splits, steps = ctx.splits, ctx.steps_per_epoch
-    num_classes = len(splits.class_names)
-    one_hot = train.loss == "categorical_crossentropy"
+    num_classes, one_hot = len(splits.class_names), train.loss == "categorical_crossentropy"
 
-    def epochs_from(start_epoch, skip_steps=0, epochs=None):
-        return make_epoch_dataset(splits.x_train, splits.y_train, batch_size=train.batch_size, num_classes=num_classes,
-                                  one_hot=one_hot, shuffle=train.shuffle, seed=config.seed, start_epoch=start_epoch,
-                                  skip_steps=skip_steps, epochs=epochs)
+    def epochs_from(start_epoch, skip_steps=0, epochs=None, shard=None):
+        return with_class_weights(make_epoch_dataset(splits.x_train, splits.y_train, batch_size=train.batch_size,
+            num_classes=num_classes, one_hot=one_hot, shuffle=train.shuffle, seed=config.seed, start_epoch=start_epoch,
+            skip_steps=skip_steps, epochs=epochs, shard=shard), ctx.class_weight)  # class weights as sample weights
+    train_data = runtime.worker_input(ctx.strategy, ctx.plan.distribute, epochs_from)  # each worker its share
 
     val_ds = make_dataset(splits.x_val, splits.y_val, batch_size=train.batch_size, num_classes=num_classes,
                           one_hot=one_hot) if splits.x_val is not None else None
@@ -207,12 +211,12 @@ def _fit(ctx: RunContext):
                                                       extra=ctx.callbacks, tracker=ctx.tracker)
     start_epoch, skip = (state.epoch, state.step) if state else (0, 0)
     if skip and start_epoch < train.epochs:  # finish the interrupted epoch first
-        model.fit(epochs_from(start_epoch, skip, epochs=1), validation_data=val_ds, initial_epoch=start_epoch,
+        model.fit(train_data(start_epoch, skip, epochs=1), validation_data=val_ds, initial_epoch=start_epoch,
                   epochs=start_epoch + 1, steps_per_epoch=steps - skip, callbacks=callback_list, shuffle=False, verbose=0)
         start_epoch += 1
         nan_guard.step_offset = 0
     if start_epoch < train.epochs and not model.stop_training and not stop.reason:
-        model.fit(epochs_from(start_epoch), validation_data=val_ds, initial_epoch=start_epoch, epochs=train.epochs,
+        model.fit(train_data(start_epoch), validation_data=val_ds, initial_epoch=start_epoch, epochs=train.epochs,
                   steps_per_epoch=steps, callbacks=callback_list, shuffle=False, verbose=0)
     return model, checkpoint
 

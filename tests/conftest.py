@@ -1,6 +1,6 @@
 """Shared helpers: a small valid config, a tiny trainable one, a YAML writer, a CLI runner, the tutorial
-configs, and where the shared datasets live; for the data tests an isolated environment, a loader and an
-MNIST file writer; a tiny Keras model, a full disk and an unwritable runs directory.
+configs, and where the shared datasets live; for the data tests an isolated environment, a loader, an image
+writer and an MNIST file writer; a tiny Keras model, a full disk and an unwritable runs directory.
 
 Keras is imported only by the fixtures that build models, so the config tests stay TensorFlow-free.
 """
@@ -222,6 +222,20 @@ def load(dataset="synthetic", *, input_shape=(8, 8, 3), num_classes=None, valida
     config = DataConfig(dataset=dataset, **config)
     return data.load_splits(config, input_shape=list(input_shape), num_classes=num_classes, validation=validation,
                             validation_split=split, seed=seed, data_dir=data_dir, synthetic=smoke)
+
+
+def write_image(path: Path, mode: str = "RGB", size=(8, 8), value=100, fmt=None) -> Path:
+    """An image file made with Pillow: `size` (width, height) of one `value` in every channel, or
+    `value` an array (H, W[, C]) that is the image itself; `fmt` when the suffix should not say it."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(value, np.ndarray):
+        image = Image.fromarray(value)
+    else:
+        image = Image.new(mode, size, value if mode in ("L", "P", "1") else (value,) * len(mode))
+    image.save(path, fmt)
+    return path
 
 
 def write_mnist(path: Path, n=5, value=0):

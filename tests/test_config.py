@@ -20,6 +20,7 @@ from cnnctl.config import (
     format_path,
     load_config,
     parse_yaml,
+    smoke_config,
     to_yaml,
 )
 from cnnctl.errors import CnnctlError, ConfigError, ShapeError
@@ -120,7 +121,7 @@ def test_all_problems_are_collected_in_one_error(write_yaml):
     problems = problems_of(path)
     assert problems == [
         f"{path}:3:12: data.dataset: input should be 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', "
-        "'directory', 'npz' or 'synthetic', got 'synthetc'; did you mean 'synthetic'?",
+        "'directory', 'csv', 'npz' or 'synthetic', got 'synthetc'; did you mean 'synthetic'?",
         f"{path}:7:25: model.layers[0].Conv2D.filters: input should be greater than 0, got -1",
         f"{path}:7:45: model.layers[0].Conv2D.activaton: unknown key; did you mean 'activation'?",
         f"{path}:12:14: train.optimizer: sgd does not take rho (it takes clipnorm, clipvalue, global_clipnorm, "
@@ -357,6 +358,21 @@ def test_resolved_yaml_keeps_only_what_layers_set(minimal_path):
     assert "- Conv2D: {filters: 4, kernel_size: 3, activation: relu}" in text
     assert "padding" not in text and "use_bias" not in text
     assert list(yaml.safe_load(text)) == ["name", "seed", "data", "model", "train", "runtime"]
+
+
+def test_class_weight_keys_are_class_names_even_when_yaml_reads_numbers(minimal_path):
+    config = load_config(minimal_path, ["train.class_weight={0: 2, '1': 0.5}"])
+    assert config.train.class_weight == {"0": 2.0, "1": 0.5}  # MNIST's classes are named "0".."9"
+    assert config_from_yaml_text(to_yaml(config), "x") == config
+    assert load_config(minimal_path, ["train.class_weight=auto"]).train.class_weight == "auto"
+
+
+def test_smoke_runs_weigh_synthetic_classes_auto_unless_the_names_are_theirs(minimal_path):
+    by_name = load_config(minimal_path, ["train.class_weight={cat: 2}"])
+    assert smoke_config(by_name).train.class_weight == "auto"  # synthetic classes are 0, 1, 2: no 'cat'
+    named = load_config(minimal_path, ["train.class_weight={cat: 2}", "data.class_names=[cat, dog, bird]"])
+    assert smoke_config(named).train.class_weight == {"cat": 2.0}
+    assert smoke_config(load_config(minimal_path)).train.class_weight is None
 
 
 def test_schedules_round_trip(minimal_path):

@@ -61,3 +61,51 @@ def test_each_epoch_is_a_seeded_permutation_that_a_resume_can_pick_up():
     assert epoch_batches(x, y, shuffle=True, seed=7, epochs=3) == whole
     assert epoch_batches(x, y, shuffle=True, seed=8, epochs=3) != whole
     assert epoch_batches(x, y, shuffle=True, seed=7, start_epoch=1, skip_steps=1, epochs=2) == whole[4:]
+
+
+def all_batches(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    return list(dataset.as_numpy_iterator())
+
+
+def test_a_memory_mapped_array_gives_the_batches_the_array_in_memory_gives(tmp_path):
+    """The image cache is read through a memory map (MapReader): the same batches, in the same seeded order."""
+    rng = np.random.default_rng(0)
+    x = aligned(rng.integers(0, 256, (37, 4, 3, 2), dtype=np.uint8))
+    y = aligned(rng.integers(0, 3, 37).astype(np.uint8))
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert isinstance(mapped, np.memmap)
+    for one_hot in (False, True):
+        kwargs = {"batch_size": 8, "num_classes": 3, "one_hot": one_hot}
+        in_memory, from_map = (all_batches(data.make_dataset(a, y, **kwargs)) for a in (x, mapped))
+        assert len(from_map) == 5 and len(from_map[-1][0]) == 5
+        for (xa, ya), (xb, yb) in zip(in_memory, from_map, strict=True):
+            assert xb.dtype == np.float32 and np.array_equal(xa, xb) and np.array_equal(ya, yb)
+        epochs = {**kwargs, "shuffle": True, "seed": 3, "epochs": 2}
+        in_memory, from_map = (all_batches(data.make_epoch_dataset(a, y, **epochs)) for a in (x, mapped))
+        assert len(from_map) == 10
+        for (xa, ya), (xb, yb) in zip(in_memory, from_map, strict=True):
+            assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+        resumed = all_batches(data.make_epoch_dataset(mapped, y, **{**epochs, "epochs": 1}, start_epoch=1, skip_steps=2))
+        assert all(np.array_equal(a[0], b[0]) for a, b in zip(from_map[7:], resumed, strict=True))
+    spec = data.make_epoch_dataset(mapped, y, batch_size=8, num_classes=3, one_hot=False, shuffle=False, seed=0,
+                                   epochs=1).element_spec
+    assert tuple(spec[0].shape) == (None, 4, 3, 2)  # the static shape Keras builds the model with
+
+
+@pytest.mark.parametrize(("workers", "replicas"), [(2, 1), (3, 1), (2, 2)])
+def test_a_worker_reads_its_contiguous_part_of_every_global_batch(workers, replicas):
+    """Multi-worker sharding: each worker's pipeline yields, per global batch, its replicas' parts (np.array_split
+    of the batch, worker 0's replicas first), so across the workers every example of an epoch is used once."""
+    x = aligned(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1))
+    y = aligned(np.arange(10, dtype=np.uint8) % 2)
+    whole = epoch_batches(x, y, shuffle=True, seed=7, epochs=2)  # batches of 4, 4, 2 per epoch
+    parts = workers * replicas
+    for worker in range(workers):
+        share = epoch_batches(x, y, shuffle=True, seed=7, epochs=2, shard=(worker, workers, replicas))
+        mine = slice(worker * replicas, (worker + 1) * replicas)
+        assert share == [part.tolist() for batch in whole for part in np.array_split(batch, parts)[mine]]
+        assert len(share) == len(whole) * replicas  # the same number of steps on every worker, empty parts included
+        resumed = epoch_batches(x, y, shuffle=True, seed=7, start_epoch=1, skip_steps=1, epochs=1,
+                                shard=(worker, workers, replicas))
+        assert resumed == share[4 * replicas:]  # skip_steps counts global steps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -149,6 +150,21 @@ def test_bad_tf_config_is_a_runtime_error(monkeypatch, text):
     monkeypatch.setenv("TF_CONFIG", text)
     with pytest.raises(RuntimeConfigError, match="TF_CONFIG is not valid JSON"):
         runtime.tf_config()
+
+
+def test_multi_worker_batches_must_split_across_the_replicas(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"index": 0}}))
+    two = SimpleNamespace(num_replicas_in_sync=2)  # all epoch_steps asks of a strategy
+    assert runtime.epoch_steps(261, 32, two, "multi_worker") == 9  # the last batch of 5 is split 3 + 2
+    assert runtime.epoch_steps(256, 32, two, "multi_worker") == 8
+    assert runtime.epoch_steps(257, 33, two, "mirrored") == 8  # only multi_worker splits the batches itself
+    with pytest.raises(RuntimeConfigError, match=r"train.batch_size: 33 does not split evenly across the 2 "
+                                                 r"replicas of runtime.distribute multi_worker \(2 worker") as caught:
+        runtime.epoch_steps(256, 33, two, "multi_worker")
+    assert caught.value.hint == "use e.g. 32"
+    with pytest.raises(RuntimeConfigError, match="leaves a last batch of 1 of the 257 training examples") as caught:
+        runtime.epoch_steps(257, 32, two, "multi_worker")
+    assert caught.value.hint.startswith("use e.g. 30")
 
 
 # ---------------------------------------------------------------- steps_per_execution

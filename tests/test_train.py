@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATASETS, tiny_config, write_config
+from conftest import REPO, SHARED_DATASETS, stderr_of, tiny_config, write_config
 from typer.testing import CliRunner
 
 from cnnctl.cli import app
@@ -174,3 +174,70 @@ def test_missing_data_offline_fails_fast_listing_the_files(tmp_path):
     assert "cifar-10-batches-py" in proc.stderr and "cifar-10-python.tar.gz" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs" / "cifar10").exists()  # no run directory for a run that never started
+
+
+# ---------------------------------------------------------------- train.class_weight
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+def imbalanced_npz(path, counts=(40, 15, 5), test_per_class=4):
+    """A tiny npz dataset (12x12x1 uint8) with `counts` training images of cat, dog and bird."""
+    rng = np.random.default_rng(0)
+    y_train = np.repeat(np.arange(3), counts).astype(np.uint8)
+    y_test = np.repeat(np.arange(3), test_per_class).astype(np.uint8)
+    np.savez(path, x_train=rng.integers(0, 256, (len(y_train), 12, 12, 1), dtype=np.uint8), y_train=y_train,
+             x_test=rng.integers(0, 256, (len(y_test), 12, 12, 1), dtype=np.uint8), y_test=y_test)
+    return path
+
+
+def weighted_config(tmp_path, class_weight, name="imb", counts=(40, 15, 5), **train):
+    npz = imbalanced_npz(tmp_path / f"{name}.npz", counts)
+    return write_config(tmp_path / f"{name}.yaml", tiny_config(
+        name=name, seed=3, data={"dataset": "npz", "root": str(npz), "class_names": CLASSES},
+        train={"class_weight": class_weight, "epochs": 1, **train}, runtime={"precision": "float32"}))
+
+
+def test_class_weight_auto_is_logged_and_recorded_in_the_manifest(tmp_path, runner):
+    result = runner.invoke(app, ["train", str(weighted_config(tmp_path, "auto")), "--runs-dir", str(tmp_path / "runs"),
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "class weights (auto): cat 0.5, dog 1.33, bird 4" in result.output
+    manifest = json.loads((tmp_path / "runs" / "imb" / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["class_weight_mode"] == "auto"
+    # scikit-learn's "balanced": 60 images / (3 classes * count)
+    assert manifest["class_weight"] == pytest.approx({"cat": 60 / 120, "dog": 60 / 45, "bird": 60 / 15})
+
+
+def test_weights_of_two_double_the_training_loss_and_leave_evaluation_alone(tmp_path, runner):
+    """With a learning rate of ~0 the two runs see the same model on the same batches: the training loss
+    of the weighted one is exactly twice the other's; validation and the test report are not weighted."""
+    runs = {}
+    for name, weights in (("plain", None), ("double", dict.fromkeys(CLASSES, 2.0))):
+        config = weighted_config(tmp_path, weights, name=name, validation="test",
+                                 optimizer={"name": "sgd", "learning_rate": 1e-9})
+        result = runner.invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+        assert result.exit_code == 0, result.output
+        with open(tmp_path / "runs" / name / "metrics.csv", newline="") as handle:
+            (row,) = csv.DictReader(handle)
+        runs[name] = (row, json.loads((tmp_path / "runs" / name / "eval.json").read_text()))
+    (plain, plain_eval), (double, double_eval) = runs["plain"], runs["double"]
+    assert float(double["loss"]) == pytest.approx(2 * float(plain["loss"]), rel=1e-5)
+    assert float(double["val_loss"]) == pytest.approx(float(plain["val_loss"]), rel=1e-5)
+    assert double_eval["loss"] == pytest.approx(plain_eval["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize(("class_weight", "counts", "message"), [
+    ({"dgo": 2.0}, (40, 15, 5), "train.class_weight: no class named 'dgo' (classes: cat, dog, bird; "
+                                "did you mean 'dog'?)"),
+    ("auto", (40, 0, 5), "train.class_weight: auto weighs each class by its count among the 45 training images, "
+                         "and class 'dog' has none"),
+])
+def test_class_weight_problems_exit_2_with_one_line_before_any_run_directory(tmp_path, runner, class_weight, counts,
+                                                                             message):
+    config = weighted_config(tmp_path, class_weight, counts=counts)
+    result = runner.invoke(app, ["train", str(config), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert [line for line in stderr_of(result).splitlines() if line.startswith("error: ")] == [f"error: {message}"]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs" / "imb").exists()

@@ -107,6 +107,8 @@ def decode_into(handle, paths: list[Path], shape: tuple, resize: str, max_pixels
     """
     bad: dict[int, str] = {}
     total = total if total is not None else len(paths)
+    if progress is not None:
+        progress(done_before, total)  # starts the clock: images/s counts from the first image
     with ThreadPoolExecutor(max_workers=workers()) as pool:
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
@@ -126,7 +128,7 @@ def npy_header(shape: Iterable[int]) -> bytes:
     A fixed length lets the header be written before the number of good images is known and
     rewritten in place afterwards; 128 keeps the data 64-byte aligned in a memory map.
     """
-    text = "{'descr': '|u1', 'fortran_order': False, 'shape': %r, }" % (tuple(int(d) for d in shape),)
+    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple(int(d) for d in shape)!r}, }}"
     body = text.ljust(128 - 10 - 1) + "\n"
     if len(body) != 118:
         raise ValueError(f"shape {tuple(shape)} does not fit a 128-byte .npy header")

@@ -10,6 +10,7 @@ run would trust, and its temporary file is removed by the next run once its proc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnctl.data import decode, images
+import cnnctl.data.decode as decode
+import cnnctl.data.images as images
 from cnnctl.data.arrays import Splits, counted, label_dtype
 from cnnctl.errors import DataError
-from cnnctl.files import atomic_path, write_json
+from cnnctl.files import write_json
 from cnnctl.schema import DataConfig
 
 CACHE_VERSION = 2
@@ -94,11 +96,11 @@ def _decode(paths: list[Path], shape: tuple, data: DataConfig, npy: Path | None,
             progress, done: int, total: int) -> tuple[np.ndarray, dict[int, str]]:
     """Decode into a .npy at `npy` (the cache) or, without a cache, into an unlinked temporary file."""
     folder = npy.parent if npy is not None else Path(tempfile.gettempdir())
-    folder.mkdir(parents=True, exist_ok=True)
-    if npy is not None:
-        _remove_leftovers(folder)
     tmp = folder / f".images-{os.urandom(6).hex()}.{os.getpid()}.tmp"
     try:
+        folder.mkdir(parents=True, exist_ok=True)  # (a $CNNCTL_CACHE that cannot be made is a DataError too)
+        if npy is not None:
+            _remove_leftovers(folder)
         with open(tmp, "wb") as handle:
             handle.write(decode.npy_header((len(paths), *shape)))
             readable = [p for i, p in enumerate(paths) if i not in problems]
@@ -123,7 +125,8 @@ def _decode(paths: list[Path], shape: tuple, data: DataConfig, npy: Path | None,
                         hint="set $CNNCTL_CACHE to a folder with room for them (about "
                              f"{len(paths) * int(np.prod(shape)) / 1e9:.1f} GB)") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (none was made when the folder could not be)
+            tmp.unlink(missing_ok=True)
 
 
 def decoded(files: images.ImageFiles, parts: list[str], shape: tuple, data: DataConfig,
@@ -169,6 +172,8 @@ def load_images(data: DataConfig, shape: tuple, data_dir, *, validation: str, va
     digest = files.digest()  # of the listing as split on disk or by data.split: the same for every command
     if validation == "split" and "val" not in files.paths:
         files = images.hold_out_validation(files, validation_split, seed)
+    elif validation != "split" and "val" in files.paths and files.split is not None:
+        files = images.merge_validation(files)  # no validation: data.split's val part is trained on
     parts = ["train", *(["val"] if validation == "split" else []), "test"]
     arrays = decoded(files, parts, decode_shape, data, progress)
     bad = {part: arrays[part][1] for part in parts if arrays[part][1]}
@@ -192,7 +197,7 @@ def identity(files: images.ImageFiles, bad: dict, digest: str, data: DataConfig)
     """What the run records of an image dataset: where, how many, which split, what was skipped."""
     listed = [p for part in files.paths for p in files.paths[part]]
     total = sum(s.st_size for s in map(_stat, listed) if not isinstance(s, str))
-    skipped = [{"split": part, "path": str(files.paths[part][i]), "reason": reason}
+    skipped = [{"split": part, "path": str(files.paths[part][i].absolute()), "reason": reason}  # as files[].path
                for part in bad for i, reason in bad[part].items()]
     return {"dataset": data.dataset, "layout": images.LAYOUTS[files.layout],
             "files": [{"path": str(files.source.absolute()), "bytes": total, "images": len(listed)}],

@@ -215,3 +215,14 @@ def hold_out_validation(files: ImageFiles, fraction: float, seed: int) -> ImageF
     files.labels = {"train": labels[train], "val": labels[val], "test": files.labels["test"]}
     files.notes.append(f"validation: {counted(len(val), 'image')} held out of train/ (seed {seed})")
     return files
+
+
+def merge_validation(files: ImageFiles) -> ImageFiles:
+    """The val part of a split cnnctl made, put back into train (in listing order) for runs without validation."""
+    pairs = sorted(zip(files.paths["train"] + files.paths["val"],
+                       np.concatenate([files.labels["train"], files.labels["val"]]).tolist(), strict=True),
+                   key=lambda pair: (pair[1], str(pair[0])))
+    files.paths = {"train": [p for p, _ in pairs], "test": files.paths["test"]}
+    files.labels = {"train": np.asarray([label for _, label in pairs], dtype=np.int32), "test": files.labels["test"]}
+    files.notes.append(f"no validation: data.split's val part ({counted(len(pairs), 'image')} with it) is trained on")
+    return files
