@@ -1,5 +1,5 @@
-"""What Keras gets from `config.train`: the optimizer with its learning-rate schedule and the metrics
-(`model.compile`), and the class weights (`model.fit`)."""
+"""What Keras gets from `config.train`: the optimizer with its learning-rate schedule, the loss and the
+metrics (`model.compile`), whether labels are one-hot, and the class weights (`model.fit`)."""
 
 from __future__ import annotations
 
@@ -41,14 +41,42 @@ def make_optimizer(config: OptimizerConfig, steps_per_epoch: int, epochs: int):
     return classes[config.name](learning_rate=make_schedule(config, steps_per_epoch, epochs), **config.keras_kwargs())
 
 
-def make_metrics(config: TrainConfig) -> list:
+def labels_one_hot(config: TrainConfig, augment_mixes: bool = False) -> bool:
+    """Whether the pipeline makes labels one-hot rows (per batch) rather than class indices: for the
+    categorical loss, for label smoothing (Keras' sparse loss has none; on hard labels the categorical
+    loss is the same number), and when augmentation mixes images and so their labels (MixUp, CutMix)."""
+    return config.loss.name == "categorical_crossentropy" or config.loss.label_smoothing > 0 or augment_mixes
+
+
+def make_loss(config: TrainConfig, one_hot: bool):
+    """The loss for labels in the form `labels_one_hot` chose: categorical on one-hot rows, sparse on indices.
+
+    A loss without options is given to Keras by its name, exactly as before options existed.
+    """
+    loss = config.loss
+    if not one_hot and loss.label_smoothing > 0:
+        raise ValueError("label smoothing needs one-hot labels (see labels_one_hot)")
+    if loss.plain:
+        return "categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy"
     import keras
 
+    if one_hot:
+        return keras.losses.CategoricalCrossentropy(from_logits=loss.from_logits,
+                                                    label_smoothing=loss.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=loss.from_logits)
+
+
+def make_metrics(config: TrainConfig, one_hot: bool | None = None) -> list:
+    """Keras metrics for labels that are one-hot rows or class indices (default: as `labels_one_hot` says).
+    Accuracy and top-k compare the largest outputs, so they hold for logits as for probabilities."""
+    import keras
+
+    one_hot = labels_one_hot(config) if one_hot is None else one_hot
     metrics: list = []
     for name in config.metrics:
         if name == "accuracy":
             metrics.append("accuracy")
-        elif config.loss == "categorical_crossentropy":
+        elif one_hot:
             metrics.append(keras.metrics.TopKCategoricalAccuracy(k=config.top_k, name="top_k_accuracy"))
         else:
             metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=config.top_k, name="top_k_accuracy"))

@@ -8,6 +8,7 @@ what the user wrote cut to about MAX_ECHO characters. No TensorFlow is imported 
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from cnnctl.errors import ConfigError, ShapeError
-from cnnctl.layers import FORBIDDEN_LAYERS, LAYER_TYPES, LayerEntry, layer_names, name_problems
+from cnnctl.layers import (
+    ALL_TYPES,
+    AUGMENT_TYPES,
+    FORBIDDEN_LAYERS,
+    LAYER_TYPES,
+    LayerEntry,
+    layer_names,
+    name_problems,
+)
 from cnnctl.schema import Config
 from cnnctl.shapes import check_class_scores, infer
 
@@ -339,8 +348,8 @@ def _fields_at(path: Path_) -> list[str]:
         for cls in candidates:
             if isinstance(part, int):
                 nxt.append(cls)  # list items were already unwrapped
-            elif isinstance(cls, type) and issubclass(cls, LayerEntry) and part in LAYER_TYPES:
-                nxt.extend(_unwrap(LAYER_TYPES[part][0]))
+            elif isinstance(cls, type) and issubclass(cls, LayerEntry) and part in ALL_TYPES:
+                nxt.extend(_unwrap(ALL_TYPES[part][0]))
             elif isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
                 nxt.extend(_unwrap(cls.model_fields[part].annotation))
         candidates = nxt
@@ -365,17 +374,24 @@ def suggest(word: str, options: list[str]) -> str:
     return f"; did you mean {close!r}?" if close else ""
 
 
-def _layer_type_message(value: Any) -> str:
+def _layer_type_message(value: Any, augment: bool = False) -> str:
+    types, what = (AUGMENT_TYPES, "augmentation") if augment else (LAYER_TYPES, "layer type")
     if isinstance(value, dict) and len(value) == 1:
         name = next(iter(value))
     elif isinstance(value, str):
         name = value
+    elif augment:
+        return "each augmentation must be a one-key mapping like `RandomFlip: {mode: horizontal}`"
     else:
         return "each layer must be a one-key mapping like `Conv2D: {filters: 32, kernel_size: 3}`"
-    if name in FORBIDDEN_LAYERS:
+    if name in FORBIDDEN_LAYERS and not augment:
         return f"layer type {name!r} is not allowed: {FORBIDDEN_LAYERS[name]}"
-    return (f"unknown layer type {echo(name)}{suggest(str(name), list(LAYER_TYPES))} "
-            f"(allowed: {', '.join(LAYER_TYPES)})")
+    if augment and name in LAYER_TYPES:
+        return f"{name!r} is a model layer, not an augmentation: put it in model.layers"
+    if not augment and name in AUGMENT_TYPES:  # where Keras' tutorials put it; here it runs in the input pipeline
+        return f"{name!r} is an augmentation, not a model layer: put it in data.augment"
+    return (f"unknown {what} {echo(name)}{suggest(str(name), list(types))} "
+            f"(allowed: {', '.join(types)})")
 
 
 def _message(error: dict, path: Path_) -> str:
@@ -383,8 +399,8 @@ def _message(error: dict, path: Path_) -> str:
     if kind == "extra_forbidden":
         options = _fields_at(path[:-1])
         return f"unknown key{suggest(str(path[-1]), options)}" if options else "unknown key"
-    if kind == "layer_type":
-        return _layer_type_message(error["input"])
+    if kind in ("layer_type", "augment_type"):
+        return _layer_type_message(error["input"], augment=kind == "augment_type")
     if kind == "missing":
         return "required key is missing"
     if kind == "literal_error":
@@ -407,13 +423,56 @@ def _clean_loc(loc: tuple) -> Path_:
     """Drop the tags pydantic adds for tagged unions: ('layers', 3, 'Conv2D', 'Conv2D', 'filters')."""
     out: list[str | int] = []
     for part in loc:
-        if out and part == out[-1] and part in LAYER_TYPES:
+        if out and part == out[-1] and part in ALL_TYPES:
             continue
         if isinstance(part, str) and part.startswith(("function-", "constant", "inverse_time", "exponential",
                                                       "cosine")) and out and out[-1] == "schedule":
             continue
         out.append(part)
     return tuple(out)
+
+
+# The labels pydantic puts in an error's location for the members of a plain union: `3`, `[3, 3]` as
+# 'constrained-int' and 'list[constrained-int]', 'auto' or a mapping as "literal['auto']" and 'dict[str,float]'.
+_UNION_MEMBER = re.compile(r"^(?:(?:literal|list|dict|tuple|set|frozenset)\[.*\]|constrained-\w+|int|float|str|bool)$")
+
+
+def _one_branch_per_union(errors: list[tuple[dict, Path_]]) -> list[tuple[dict, Path_]]:
+    """A value no member of a union accepts fails once per member (`kernel_size: 0` is neither a positive int
+    nor a list): keep the errors of one member, the first whose kind fits the value (the list's, for a list
+    that is too long), else the first, and drop the member labels from the paths."""
+    members: dict[Path_, dict[str, list[int]]] = {}  # union's path -> member label -> indices of its errors
+    for index, (error, path) in enumerate(errors):
+        if error["type"] == "extra_forbidden":
+            continue  # an unknown key named `int` or `float` is the config's, not a member label
+        at = next((i for i, part in enumerate(path) if isinstance(part, str) and _UNION_MEMBER.match(part)), None)
+        if at is not None:
+            members.setdefault(path[:at], {}).setdefault(path[at], []).append(index)
+
+    def misfit(index: int, depth: int) -> bool:  # the member refuses the value's kind, not its content
+        error, path = errors[index]
+        kind = error["type"]
+        return len(path) == depth + 1 and (kind.endswith(("_type", "_parsing")) or kind == "literal_error")
+
+    drop: set[int] = set()
+    label_at: dict[int, int] = {}  # error index -> where its member label is in its path
+    for union, by_member in members.items():
+        if len(by_member) < 2:
+            continue  # not a union's members after all (a key that happens to be named like one)
+        found = list(by_member.values())
+        keep = next((f for f in found if not all(misfit(i, len(union)) for i in f)), found[0])
+        for indices in found:
+            if indices is keep:
+                label_at.update(dict.fromkeys(indices, len(union)))
+            else:
+                drop.update(indices)
+    out = []
+    for index, (error, path) in enumerate(errors):
+        if index in label_at:
+            out.append((error, path[:label_at[index]] + path[label_at[index] + 1:]))
+        elif index not in drop:
+            out.append((error, path))
+    return out
 
 
 def validate(raw: Any, source: Source) -> Config:
@@ -424,7 +483,7 @@ def validate(raw: Any, source: Source) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        errors = [(error, _clean_loc(error["loc"])) for error in exc.errors()]
+        errors = _one_branch_per_union([(error, _clean_loc(error["loc"])) for error in exc.errors()])
         # A misspelt required key is both unknown and missing: report it once, as unknown with its suggestion.
         misspelt = {path[:-1] + (close,) for error, path in errors if error["type"] == "extra_forbidden"
                     and (close := _closest(str(path[-1]), _fields_at(path[:-1])))}
@@ -470,6 +529,27 @@ def check_layer_names(config: Config, source: Source) -> None:
         raise ConfigError(at_most(located, source))
 
 
+def check_outputs_and_views(config: Config, source: Source) -> None:
+    """What the loss and the evaluation need of the model, each located: logits from a last layer without
+    softmax, images for test-time augmentation, and a translation smaller than the image."""
+    problems = []
+    last = config.model.layers[-1]
+    if config.train.loss.from_logits and (last.type == "Softmax" or last.args.kwargs().get("activation") == "softmax"):
+        index = len(config.model.layers) - 1
+        problems.append(f"{source.locate(('train', 'loss', 'from_logits'))}: train.loss.from_logits: true, but "
+                        f"model.layers[{index}] ({last.type}) ends in a softmax: its outputs are probabilities, "
+                        "not logits; remove the softmax or set from_logits: false")
+    views, shape = config.evaluate.tta if config.evaluate else [], config.model.input_shape
+    if views and len(shape) < 2:
+        problems.append(f"{source.locate(('evaluate', 'tta'))}: evaluate.tta: views are flipped or shifted images, "
+                        f"but model.input_shape {shape} is not an image ([height, width(, channels)])")
+    elif "translate" in views and config.evaluate.translate_pixels >= min(shape[:2]):
+        problems.append(f"{source.locate(('evaluate', 'translate_pixels'))}: evaluate.translate_pixels: "
+                        f"{config.evaluate.translate_pixels} must be smaller than the {shape[0]}x{shape[1]} image")
+    if problems:
+        raise ConfigError(problems)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override and validate a config file, including its layer names and the shapes of its stack."""
     raw, source = read_config_file(path)
@@ -477,6 +557,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     config = validate(raw, source)
     check_layer_names(config, source)
     check_shapes(config, source)
+    check_outputs_and_views(config, source)
     return config
 
 

@@ -9,6 +9,9 @@ SavedModel, TFLite and ONNX are exported from a float32 copy of the model (same 
 trained in mixed precision computes in bfloat16/float16, which TFLite and ONNX runtimes do not
 run well or at all. Such an export is checked twice: tightly against the float32 Keras model
 (conversion errors), and loosely against the model as trained (the precision change itself).
+
+A model trained on logits (train.loss.from_logits) is exported with its softmax (`model.probability_model`):
+every export outputs class probabilities.
 """
 
 from __future__ import annotations
@@ -237,13 +240,16 @@ def export(run: str | Path, format: str, out: str | Path | None = None, *, data_
     if format == "keras" and destination.suffix != ".keras":
         raise RunError(f"{destination}: a Keras model file must end in .keras")
 
-    from cnnctl.model import load_model
+    from cnnctl.config import load_config
+    from cnnctl.model import load_model, probability_model
 
+    from_logits = load_config(run_dir / rundir.CONFIG).train.loss.from_logits
     model = load_model(model_path)
     precision = next((layer.dtype_policy.name for layer in model.layers
                       if layer.dtype_policy.name.startswith("mixed")), "float32")
     portable = format != "keras" and precision != "float32"
-    reference = float32_copy(model) if portable else model
+    trained = probability_model(model, from_logits)  # an export outputs probabilities, also of a logits model
+    reference = probability_model(float32_copy(model), from_logits) if portable else trained
     x, images_from = _check_images(run_dir, data_dir, tuple(int(d) for d in model.input_shape[1:]))
 
     created = [p for p in reversed(destination.parent.parents) if not p.exists()]
@@ -256,7 +262,7 @@ def export(run: str | Path, format: str, out: str | Path | None = None, *, data_
     artifact = work / (f"model{SUFFIXES[format]}" if format != "saved_model" else "saved_model")
     placed = False
     try:
-        result = _write_and_verify(format, model, reference, precision, x, images_from, artifact, destination)
+        result = _write_and_verify(format, trained, reference, precision, x, images_from, artifact, destination)
         _place(artifact, destination)
         placed = True
         return result

@@ -43,13 +43,10 @@ Size2 = Union[PosInt, Annotated[list[PosInt], Field(min_length=2, max_length=2)]
 Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-class LayerArgs(BaseModel):
-    """Keyword arguments of one layer. Only what the config set is written back out."""
+class Args(BaseModel):
+    """Keyword arguments of a Keras layer's constructor. Only what the config set is written back out."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")] | None = None
-    trainable: bool = True
 
     @model_serializer(mode="wrap")
     def _only_set(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict:
@@ -65,6 +62,13 @@ class LayerArgs(BaseModel):
             value = getattr(self, key)
             out[key] = tuple(value) if isinstance(value, list) else value
         return out
+
+
+class LayerArgs(Args):
+    """Keyword arguments of one layer of the model."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")] | None = None
+    trainable: bool = True
 
 
 class _BiasArgs(LayerArgs):
@@ -217,6 +221,85 @@ LAYER_TYPES: dict[str, tuple[type[LayerArgs], str]] = {
     "LayerNormalization": (LayerNormalization, "LayerNormalization"),
 }
 
+# ---------------------------------------------------------------- augmentation (data.augment)
+
+
+def _factor(low: float, high: float, *, above_low: bool = False):
+    """A number or a [lower, upper] pair within the range the Keras layer takes (its constructor refuses
+    anything outside, which would otherwise surface only when training starts)."""
+    bounds = {"gt" if above_low else "ge": low, "le": high}
+    number = Annotated[float, Field(allow_inf_nan=False, **bounds)]
+    return Union[number, Annotated[list[number], Field(min_length=2, max_length=2)]]  # noqa: UP007
+
+
+Signed = _factor(-1, 1)  # RandomTranslation, RandomRotation, RandomBrightness
+Unsigned = _factor(0, 1)  # RandomContrast, RandomErasing
+Zoom = _factor(-1, 1, above_low=True)  # RandomZoom: -1 would zoom into a point
+FillMode = Literal["reflect", "wrap", "constant", "nearest"]
+Interpolation = Literal["nearest", "bilinear"]
+
+
+class AugmentArgs(Args):
+    """Arguments of one augmentation layer; cnnctl sets seed, value_range, data_format and dtype itself."""
+
+
+class RandomFlip(AugmentArgs):
+    mode: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal_and_vertical"
+
+
+class _Geometric(AugmentArgs):
+    fill_mode: FillMode = "reflect"
+    interpolation: Interpolation = "bilinear"
+    fill_value: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+
+
+class RandomTranslation(_Geometric):
+    height_factor: Signed
+    width_factor: Signed
+
+
+class RandomRotation(_Geometric):
+    factor: Signed
+
+
+class RandomZoom(_Geometric):
+    height_factor: Zoom
+    width_factor: Zoom | None = None
+
+
+class RandomContrast(AugmentArgs):
+    factor: Unsigned
+
+
+class RandomBrightness(AugmentArgs):
+    factor: Signed
+
+
+class RandomErasing(AugmentArgs):
+    factor: Unsigned = 1.0
+    scale: Unsigned = [0.02, 0.33]
+    fill_value: Annotated[float, Field(allow_inf_nan=False)] | None = None
+
+
+class MixUp(AugmentArgs):
+    alpha: Annotated[float, Field(gt=0, le=100)] = 0.2
+
+
+class CutMix(AugmentArgs):
+    factor: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
+# Config name -> (argument model, Keras class name): Keras' own preprocessing layers, run in the tf.data
+# pipeline on training batches only. MixUp and CutMix also mix the labels (which become one-hot).
+AUGMENT_TYPES: dict[str, tuple[type[AugmentArgs], str]] = {
+    name: (args, name) for name, args in (
+        ("RandomFlip", RandomFlip), ("RandomTranslation", RandomTranslation), ("RandomRotation", RandomRotation),
+        ("RandomZoom", RandomZoom), ("RandomContrast", RandomContrast), ("RandomBrightness", RandomBrightness),
+        ("RandomErasing", RandomErasing), ("MixUp", MixUp), ("CutMix", CutMix))
+}
+MIXING = ("MixUp", "CutMix")
+ALL_TYPES = {**LAYER_TYPES, **AUGMENT_TYPES}
+
 # Layers that are refused with a reason rather than "unknown".
 FORBIDDEN_LAYERS = {
     "Lambda": "it runs Python code from the config",
@@ -241,10 +324,10 @@ class LayerEntry(BaseModel):
 
     @property
     def keras_class(self) -> str:
-        return LAYER_TYPES[self.type][1]
+        return ALL_TYPES[self.type][1]
 
 
-def _entry_model(layer_type: str, args_model: type[LayerArgs]) -> type[LayerEntry]:
+def _entry_model(layer_type: str, args_model: type[BaseModel]) -> type[LayerEntry]:
     return create_model(
         f"{layer_type}Layer",
         __base__=LayerEntry,
@@ -252,39 +335,39 @@ def _entry_model(layer_type: str, args_model: type[LayerArgs]) -> type[LayerEntr
     )
 
 
-_ENTRY_MODELS = {name: _entry_model(name, args) for name, (args, _) in LAYER_TYPES.items()}
+def _one_key_union(types: dict[str, tuple], error_type: str, what: str):
+    """The pydantic type of a `- Type: {args}` list item, for the layer types in `types`."""
+    models = {name: _entry_model(name, args) for name, (args, _) in types.items()}
+
+    def tag(value: Any) -> str | None:
+        if isinstance(value, LayerEntry):
+            return value.type
+        if isinstance(value, str) and value in types:
+            return value  # a bare `- Flatten` is accepted as `- Flatten: {}`
+        if isinstance(value, dict) and len(value) == 1:
+            key = next(iter(value))
+            return key if key in types else None
+        return None
+
+    def bare_name_to_mapping(value: Any) -> Any:
+        if isinstance(value, str) and value in types:
+            return {value: {}}
+        if isinstance(value, dict) and len(value) == 1:
+            key, args = next(iter(value.items()))
+            if args is None:  # `- Flatten:` with nothing after the colon
+                return {key: {}}
+        return value
+
+    union = Annotated[
+        Union[tuple(Annotated[model, Tag(name)] for name, model in models.items())],  # noqa: UP007
+        Discriminator(tag, custom_error_type=error_type,
+                      custom_error_message=f"{what} is a one-key mapping from an allowed type to its arguments"),
+    ]
+    return Annotated[union, BeforeValidator(bare_name_to_mapping)]
 
 
-def _layer_tag(value: Any) -> str | None:
-    if isinstance(value, LayerEntry):
-        return value.type
-    if isinstance(value, str) and value in LAYER_TYPES:
-        return value  # a bare `- Flatten` is accepted as `- Flatten: {}`
-    if isinstance(value, dict) and len(value) == 1:
-        key = next(iter(value))
-        return key if key in LAYER_TYPES else None
-    return None
-
-
-def _bare_name_to_mapping(value: Any) -> Any:
-    if isinstance(value, str) and value in LAYER_TYPES:
-        return {value: {}}
-    if isinstance(value, dict) and len(value) == 1:
-        key, args = next(iter(value.items()))
-        if args is None:  # `- Flatten:` with nothing after the colon
-            return {key: {}}
-    return value
-
-
-_LayerUnion = Annotated[
-    Union[tuple(Annotated[model, Tag(name)] for name, model in _ENTRY_MODELS.items())],  # noqa: UP007
-    Discriminator(
-        _layer_tag,
-        custom_error_type="layer_type",
-        custom_error_message="a layer is a one-key mapping from an allowed layer type to its arguments",
-    ),
-]
-Layer = Annotated[_LayerUnion, BeforeValidator(_bare_name_to_mapping)]
+Layer = _one_key_union(LAYER_TYPES, "layer_type", "a layer")
+Augmentation = _one_key_union(AUGMENT_TYPES, "augment_type", "an augmentation")
 
 
 def _snake(name: str) -> str:

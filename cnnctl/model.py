@@ -62,3 +62,19 @@ def load_model(path: str | Path):
         raise RunError(f"{path}: cannot load the model: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # corrupt archives raise a zoo of types: say which file, never a traceback
         raise RunError(f"{path}: cannot load the model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def probability_model(model, from_logits: bool):
+    """A model whose outputs are class probabilities: `model` itself, or for one trained on logits
+    (`train.loss.from_logits`) `model` followed by a softmax in float32 (same weights, shared).
+
+    Evaluation, predict and export all see outputs through this. A model that already ends in a Softmax
+    layer (an export of a logits model is one) is returned as it is.
+    """
+    import keras
+
+    if not from_logits or isinstance(model.layers[-1], keras.layers.Softmax):
+        return model
+    inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="images")
+    outputs = keras.layers.Softmax(dtype="float32", name="probabilities")(model(inputs))
+    return keras.Model(inputs, outputs, name=model.name)

@@ -3,7 +3,9 @@
 Images are prepared exactly as an image dataset is for training (`decode.decode_file`): decoded,
 converted to the model's channels, fitted to its height and width by the run's `data.resize` when
 their size differs, then scaled to [0, 1]. Class names come from the run (manifest.json), or
-for a bare .keras file from --config; without either they are the class indices.
+for a bare .keras file from --config; without either they are the class indices. A model trained on
+logits (train.loss.from_logits) gets its softmax from the same config: a bare .keras file of such a
+model needs --config (or its run directory) for its outputs to be probabilities.
 """
 
 from __future__ import annotations
@@ -50,9 +52,13 @@ def config_class_names(config) -> list[str] | None:
 
 
 def load_classifier(target: str | Path, config_path: str | Path | None = None):
-    """(keras model, class names or None, where the names came from) for a run directory or a .keras file."""
+    """(keras model, class names or None, where the names came from) for a run directory or a .keras file.
+
+    The model's outputs are probabilities: a model trained on logits gets its softmax, as the config given
+    (or the run's) says; a bare .keras file without --config is taken to output probabilities.
+    """
     from cnnctl.config import load_config
-    from cnnctl.model import load_model
+    from cnnctl.model import load_model, probability_model
 
     target = Path(target)
     names, source = None, None
@@ -79,7 +85,9 @@ def load_classifier(target: str | Path, config_path: str | Path | None = None):
     outputs = int(model.output_shape[-1])
     if names is not None and len(names) != outputs:
         raise RunError(f"{source}: names {len(names)} classes but the model {model_path} has {outputs} outputs")
-    return model, names, source
+    settings = config_path if config_path is not None else run_dir / rundir.CONFIG if run_dir is not None else None
+    from_logits = settings is not None and load_config(settings).train.loss.from_logits
+    return probability_model(model, from_logits), names, source
 
 
 def prepare(paths: list[Path], input_shape: tuple, resize: str = "stretch", max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -124,6 +132,10 @@ def predict(target: str | Path, images: str | Path, *, top_k: int = 3, config_pa
     model, names, _ = load_classifier(target, config_path)
     x = prepare(paths, model.input_shape[1:], *_decode_settings(Path(target), config_path))
     probabilities = np.asarray(model.predict(x, batch_size=BATCH, verbose=0), dtype=np.float64)
+    if (probabilities < 0).any():  # no softmax, sigmoid or relu gives these: logits, of a model without its config
+        raise RunError(f"{target}: the model's outputs are not probabilities (some are negative): a model trained "
+                       "on logits (train.loss.from_logits: true) needs its config",
+                       hint="give --config with the run's config.yaml, or predict with the run directory")
     k = max(1, min(top_k, probabilities.shape[1]))
     results = []
     for path, row in zip(paths, probabilities, strict=True):

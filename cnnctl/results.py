@@ -15,7 +15,7 @@ import numpy as np
 
 from cnnctl import data, evaluation, files, rundata, rundir
 from cnnctl.errors import RunError
-from cnnctl.schema import Config
+from cnnctl.schema import Config, EvaluateConfig
 
 
 @dataclass
@@ -41,12 +41,36 @@ class Evaluation:
     run_dir: Path | None  # the run evaluated, None for a bare model file
 
 
+def evaluation_settings(config: Config) -> dict:
+    """`evaluate_model`'s keyword arguments as a config sets them."""
+    return {"batch_size": config.train.batch_size, "top_k": config.train.top_k,
+            "from_logits": config.train.loss.from_logits, "tta": config.evaluate}
+
+
 def evaluate_model(model, x_test: np.ndarray, y_test: np.ndarray, class_names: list[str], *, batch_size: int,
-                   top_k: int) -> dict:
-    """The evaluation report of `model`'s predictions on the test split."""
+                   top_k: int, from_logits: bool = False, tta: EvaluateConfig | None = None) -> dict:
+    """The evaluation report of `model`'s predicted probabilities on the test split (the softmax of its
+    outputs if it was trained on logits, `from_logits`).
+
+    With test-time augmentation (`tta.tta` lists views) the report is that of the views' averaged
+    probabilities, the headline accuracy and loss included, and its `tta` entry records the views and
+    the accuracy and loss with and without them.
+    """
+    from cnnctl import tta as test_time
+    from cnnctl.model import probability_model
+
+    model = probability_model(model, from_logits)
     dataset = data.make_dataset(x_test, y_test, batch_size=batch_size, num_classes=len(class_names), one_hot=False)
-    probabilities = model.predict(dataset, verbose=0)
-    return evaluation.report(probabilities, y_test, class_names, top_k)
+    views = list(tta.tta) if tta is not None else []
+    if not views:
+        return evaluation.report(model.predict(dataset, verbose=0), y_test, class_names, top_k)
+    plain, averaged = test_time.predict(model, dataset, views, tta.translate_pixels)
+    without = evaluation.report(plain, y_test, class_names, top_k, misclassified=0)
+    report = evaluation.report(averaged, y_test, class_names, top_k)
+    report["tta"] = {"views": views, **({"translate_pixels": tta.translate_pixels} if "translate" in views else {}),
+                     "accuracy_with": report["accuracy"], "accuracy_without": without["accuracy"],
+                     "loss_with": report["loss"], "loss_without": without["loss"]}
+    return report
 
 
 def write_evaluation(run_dir: Path, report: dict | None, test_images: np.ndarray,
@@ -98,8 +122,7 @@ def evaluate(target: str | Path, *, config_path: str | Path | None = None, data_
     if got != expected or int(model.output_shape[-1]) != len(class_names):
         raise RunError(f"{model_path}: the model maps {got} to {int(model.output_shape[-1])} classes; the config's "
                        f"data has shape {expected} and {len(class_names)} classes")
-    report = evaluate_model(model, splits.x_test, splits.y_test, class_names, batch_size=config.train.batch_size,
-                            top_k=config.train.top_k)
+    report = evaluate_model(model, splits.x_test, splits.y_test, class_names, **evaluation_settings(config))
     report.update(checkpoint=str(model_path), dataset=splits.identity)
     return Evaluation(report, destination, splits.x_test, run_dir if out is None else None)
 

@@ -33,7 +33,7 @@ CHECKPOINT_NAME = re.compile(r"^resume-(\d{5})-(\d{7})\.keras$")
 MAX_EPOCHS = 100_000  # the schema's limit on train.epochs
 # Keys that may change on --resume (they do not change what the run has learnt so far).
 SAFE_TO_CHANGE = ("train.epochs", "train.callbacks", "train.checkpoint_every_steps", "runtime.steps_per_execution",
-                  "expect", "description", "tune", "tracking")
+                  "expect", "description", "tune", "tracking", "evaluate")
 
 Count = Annotated[int, Field(ge=0, le=1 << 40)]
 Number = float | int | None

@@ -7,11 +7,12 @@ No TensorFlow here.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from cnnctl.layers import Layer, LayerEntry
+from cnnctl.layers import Augmentation, Layer, LayerEntry
 
 PosInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -68,6 +69,8 @@ class DataConfig(Section):
     """Images of another size than model.input_shape: stretch to it, crop the centre to its aspect ratio, or pad with black to it, then resize."""
     skip_bad_files: bool = False
     """Unreadable, empty or oversized images: false refuses to start and lists them all; true skips them (counted in the manifest)."""
+    augment: Annotated[list[Augmentation], Field(max_length=50)] = []
+    """Keras preprocessing layers applied in order to training batches only (seeded by seed, epoch and step): RandomFlip, RandomTranslation, RandomRotation, RandomZoom, RandomContrast, RandomBrightness, RandomErasing, MixUp, CutMix."""
     max_image_pixels: Annotated[int, Field(gt=0)] = 89_478_485
     """Images whose header claims more pixels than this are refused (decompression bombs); Pillow's own limit by default."""
 
@@ -220,10 +223,31 @@ class CallbacksConfig(Section):
     """Stop, and mark the run failed, when the loss becomes NaN or infinite."""
 
 
+LossName = Literal["categorical_crossentropy", "sparse_categorical_crossentropy"]
+LOSS_NAMES: tuple[str, ...] = get_args(LossName)
+
+
+class LossConfig(Section):
+    """A loss with its options; a plain name (`loss: categorical_crossentropy`) is this with the defaults."""
+
+    name: LossName
+    """categorical_crossentropy (one-hot labels, made per batch) or sparse_categorical_crossentropy (class indices): the same result."""
+    from_logits: bool = False
+    """true: the last layer has no softmax, its outputs are logits; evaluation, predict and export add the softmax."""
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Train on y * (1 - s) + s / classes instead of one-hot y (labels are made one-hot for it, also for the sparse name)."""
+
+    @property
+    def plain(self) -> bool:
+        """No options: what the bare name means (and how it is written back)."""
+        return not self.from_logits and self.label_smoothing == 0
+
+
 class TrainConfig(Section):
     optimizer: OptimizerConfig
-    loss: Literal["categorical_crossentropy", "sparse_categorical_crossentropy"] = "sparse_categorical_crossentropy"
-    """Categorical losses get one-hot labels made per batch in the pipeline; both give the same result."""
+    loss: LossConfig = Field(LossConfig(name="sparse_categorical_crossentropy"),
+                             json_schema_extra={"default": "sparse_categorical_crossentropy"})
+    """A name, categorical_crossentropy or sparse_categorical_crossentropy (the same result), or {name, from_logits, label_smoothing}."""
     metrics: list[Literal["accuracy", "top_k_accuracy"]] = ["accuracy"]
     top_k: Annotated[int, Field(gt=1, le=100)] = 5
     """k of top_k_accuracy (in training metrics and in the evaluation report)."""
@@ -241,6 +265,25 @@ class TrainConfig(Section):
     shuffle: bool = True
     class_weight: Literal["auto"] | dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
     """Weigh each class's loss: auto (inverse frequency, as scikit-learn's "balanced") or a weight per class name (missing classes: 1)."""
+
+    @field_validator("loss", mode="before", json_schema_input_type=LossName | LossConfig)
+    @classmethod
+    def _loss_name_or_mapping(cls, value):
+        """A plain name is the mapping of that name; an unknown one is refused as a name, not as a mapping."""
+        if isinstance(value, str):
+            if value not in LOSS_NAMES:
+                raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                          {"expected": " or ".join(repr(name) for name in LOSS_NAMES)})
+            return {"name": value}
+        if not isinstance(value, dict | LossConfig):
+            raise ValueError(f"must be a loss name ({', '.join(LOSS_NAMES)}) or a mapping {{name: ..., "
+                             f"from_logits: ..., label_smoothing: ...}}, got {type(value).__name__}")
+        return value
+
+    @field_serializer("loss")
+    def _loss_as_written(self, loss: LossConfig):  # the bare name while it has no options: configs keep their text
+        return loss.name if loss.plain else {"name": loss.name, "from_logits": loss.from_logits,
+                                             "label_smoothing": loss.label_smoothing}
 
     @field_validator("class_weight", mode="before")
     @classmethod
@@ -290,6 +333,25 @@ class ExpectConfig(Section):
     """Published validation accuracy (last epoch)."""
     source: str | None = None
     """Where the figures were published."""
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+class EvaluateConfig(Section):
+    """How the test set is evaluated (by train at its end, and by `cnnctl evaluate`)."""
+
+    tta: Annotated[list[Literal["flip", "translate"]], Field(max_length=2)] = []
+    """Test-time augmentation: average the predicted probabilities of these views of each test image: flip (it and its mirror image, equally), translate (it at half weight, shifted by translate_pixels down-right and up-left at a quarter each, reflect-padded)."""
+    translate_pixels: Annotated[int, Field(gt=0, le=64)] = 1
+    """How far translate shifts (in both axes); smaller than the image."""
+
+    @field_validator("tta")
+    @classmethod
+    def _each_view_once(cls, views: list[str]) -> list[str]:
+        if len(set(views)) != len(views):
+            raise ValueError(f"lists a view twice: {views}")
+        return views
 
 
 # ---------------------------------------------------------------- tune
@@ -403,6 +465,8 @@ class Config(Section):
     train: TrainConfig
     runtime: RuntimeConfig = RuntimeConfig()
     expect: ExpectConfig | None = None
+    evaluate: EvaluateConfig | None = None
+    """Test-time augmentation of the evaluation (default: none)."""
     tune: TuneConfig | None = None
     """The search space of `cnnctl tune` (ignored by `cnnctl train`)."""
     tracking: TrackingConfig | None = None

@@ -63,6 +63,10 @@ def summarize(config: Config, model, precision: str) -> dict:
         "param_bytes": total * 4,
         "activation_bytes_per_batch": activation_elements * batch * BYTES.get(precision, 4),
     }
+    if config.data.augment:  # run on training batches in the input pipeline, not part of the model
+        from cnnctl.augment import names
+
+        data["augment"] = names(config.data.augment)
     if config.expect and config.expect.params is not None:
         data["expected_params"] = config.expect.params
         data["params_match"] = total == config.expect.params
@@ -90,6 +94,9 @@ def render(data: dict, console: Console) -> None:
     console.print(f' Precision: {data["precision"]} (parameters {_human_bytes(data["param_bytes"])} in float32;'
                   f' activations of one batch of {data["batch_size"]}:'
                   f' {_human_bytes(data["activation_bytes_per_batch"])})')
+    if data.get("augment"):
+        console.print(f' Augmentation (training batches only, in the input pipeline; not in the model):'
+                      f' {" -> ".join(data["augment"])}', markup=False, highlight=False)
     if "expected_params" in data:
         if data["params_match"]:
             console.print(f' Published parameter count {data["expected_params"]:,}: [green]matches[/green]')

@@ -19,7 +19,7 @@ from typing import Any
 
 from cnnctl import __version__, files, history, results, resume, rundata, rundir, runtime, tracking
 from cnnctl.callbacks import Stop
-from cnnctl.compile import make_metrics, make_optimizer, run_class_weights, with_class_weights
+from cnnctl.compile import labels_one_hot, make_loss, make_metrics, make_optimizer, run_class_weights
 from cnnctl.config import smoke_config, to_yaml
 from cnnctl.data import Splits
 from cnnctl.errors import CnnctlError, Interrupted, TrainingFailed
@@ -176,27 +176,21 @@ def _train(ctx: RunContext, manifest: rundir.Manifest, started: float) -> result
 
 def _fit(ctx: RunContext):
     """Build (or restore) the model and run Keras' fit, finishing an interrupted epoch first."""
+    from cnnctl import augment, inputs
     from cnnctl import callbacks as cb
-    from cnnctl.data import make_dataset, make_epoch_dataset
     from cnnctl.model import build_model
     from cnnctl.summary import text as summary_text
 
     config, train, state, stop = ctx.config, ctx.config.train, ctx.state, ctx.stop
-    splits, steps = ctx.splits, ctx.steps_per_epoch
-    num_classes, one_hot = len(splits.class_names), train.loss == "categorical_crossentropy"
-
-    def epochs_from(start_epoch, skip_steps=0, epochs=None, shard=None):
-        return with_class_weights(make_epoch_dataset(splits.x_train, splits.y_train, batch_size=train.batch_size,
-            num_classes=num_classes, one_hot=one_hot, shuffle=train.shuffle, seed=config.seed, start_epoch=start_epoch,
-            skip_steps=skip_steps, epochs=epochs, shard=shard), ctx.class_weight)  # class weights as sample weights
-    train_data = runtime.worker_input(ctx.strategy, ctx.plan.distribute, epochs_from)  # each worker its share
-
-    val_ds = make_dataset(splits.x_val, splits.y_val, batch_size=train.batch_size, num_classes=num_classes,
-                          one_hot=one_hot) if splits.x_val is not None else None
+    # MixUp and CutMix mix labels, so they need one-hot rows (and the categorical loss) whatever train.loss says
+    steps, one_hot = ctx.steps_per_epoch, labels_one_hot(train, augment.mixes(config.data.augment))
+    train_data, epochs_from = inputs.training(config, ctx.splits, one_hot=one_hot, class_weight=ctx.class_weight,
+                                              strategy=ctx.strategy, distribute=ctx.plan.distribute)
+    val_ds = inputs.validation(config, ctx.splits, one_hot=one_hot)
     with ctx.strategy.scope():
         model = build_model(config.model, name=config.name, float32_output=ctx.plan.precision != "float32")
-        model.compile(optimizer=make_optimizer(train.optimizer, steps, train.epochs), loss=train.loss,
-                      metrics=make_metrics(train), jit_compile=ctx.plan.jit_compile,
+        model.compile(optimizer=make_optimizer(train.optimizer, steps, train.epochs), loss=make_loss(train, one_hot),
+                      metrics=make_metrics(train, one_hot), jit_compile=ctx.plan.jit_compile,
                       steps_per_execution=ctx.steps_per_execution)
         if ctx.plan.distribute == "multi_worker":
             runtime.build_for_multi_worker(model, next(iter(epochs_from(0, epochs=1).take(1))))
@@ -226,7 +220,7 @@ def _evaluate(ctx: RunContext, model, checkpoint) -> results.TrainResult:
     from cnnctl.callbacks import nan_where
     from cnnctl.model import load_model
 
-    run_dir, splits, stop, train = ctx.run_dir, ctx.splits, ctx.stop, ctx.config.train
+    run_dir, splits, stop = ctx.run_dir, ctx.splits, ctx.stop
     hist = history.read_metrics_csv(run_dir / rundir.METRICS) if ctx.chief else {}
     epochs_run, status, message, report, warnings = len(hist.get("epoch", [])), "completed", None, None, []
     if ctx.chief:
@@ -239,7 +233,7 @@ def _evaluate(ctx: RunContext, model, checkpoint) -> results.TrainResult:
         return results.TrainResult(run_dir, "interrupted", epochs_run, checkpoint.best_epoch, 0.0, None, None, hist)
     elif ctx.chief and (run_dir / rundir.BEST).exists():
         report = results.evaluate_model(load_model(run_dir / rundir.BEST), splits.x_test, splits.y_test,
-                                        splits.class_names, batch_size=train.batch_size, top_k=train.top_k)
+                                        splits.class_names, **results.evaluation_settings(ctx.config))
         report.update(checkpoint=rundir.BEST, best_epoch=checkpoint.best_epoch, created=rundir.now())
     if ctx.chief:  # a failed run gets its learning curves, without eval.json
         warnings = results.write_evaluation(run_dir, report, splits.x_test, ctx.log)

@@ -329,3 +329,30 @@ def finish(proc, timeout: float = 300) -> tuple[int, str, str]:
         out, err = proc.communicate()
         raise AssertionError(f"the process did not finish in {timeout} s: {err[-2000:]}") from None
     return proc.returncode, out, err
+
+
+# ---------------------------------------------------------------- a run trained on logits, with test-time augmentation
+
+# A linear last layer trained with from_logits and label smoothing (integer labels made one-hot per batch), in
+# mixed_bfloat16 (so export checks a float32 copy too), evaluated with both test-time augmentation views.
+LOGITS_CONFIG = tiny_config(
+    name="logits", seed=3, input_shape=(12, 12, 3), data={"synthetic": {"train_examples": 64, "test_examples": 32}},
+    layers=[{"Conv2D": {"filters": 4, "kernel_size": 3, "activation": "relu"}}, {"MaxPooling2D": {"pool_size": 2}},
+            {"Flatten": {}}, {"Dense": {"units": 3}}],
+    train={"optimizer": {"name": "adam", "learning_rate": 0.01}, "epochs": 2, "metrics": ["accuracy", "top_k_accuracy"],
+           "top_k": 2, "loss": {"name": "sparse_categorical_crossentropy", "from_logits": True, "label_smoothing": 0.1}},
+    runtime={"precision": "mixed_bfloat16"}, evaluate={"tta": ["flip", "translate"], "translate_pixels": 2})
+
+
+@pytest.fixture(scope="session")
+def logits_run(tmp_path_factory):
+    """(run directory, config path, the train command's output) of LOGITS_CONFIG trained through the CLI."""
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    root = tmp_path_factory.mktemp("logits")
+    config = write_config(root / "logits.yaml", LOGITS_CONFIG)
+    result = CliRunner().invoke(app, ["train", str(config), "--runs-dir", str(root / "runs"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "logits", config, result.output

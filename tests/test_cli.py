@@ -161,6 +161,16 @@ def test_config_prints_yaml_that_round_trips(cli, write_yaml, name):
     assert again.exit_code == 0 and again.stdout == result.stdout
 
 
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_a_tutorials_loss_is_printed_as_written_and_there_is_no_test_time_augmentation(cli, name):
+    import re
+
+    written = re.search(r"^  loss: (\w+)", (CONFIGS / f"{name}.yaml").read_text(), re.M).group(1)
+    result = cli("config", CONFIGS / f"{name}.yaml")
+    assert result.exit_code == 0 and f"\n  loss: {written}\n" in result.stdout
+    assert "evaluate" not in result.stdout and "from_logits" not in result.stdout
+
+
 @pytest.fixture(scope="module")
 def json_schema():
     from typer.testing import CliRunner

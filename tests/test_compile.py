@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules built from the config, as Keras computes them; class weights."""
+"""Optimizers and learning-rate schedules built from the config, as Keras computes them; the loss and the
+form of the labels; class weights."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from cnnctl.compile import (
     class_weight_fields,
     class_weights,
     describe_class_weights,
+    labels_one_hot,
+    make_loss,
+    make_metrics,
     make_optimizer,
     run_class_weights,
     with_class_weights,
 )
 from cnnctl.errors import ConfigError, DataError
-from cnnctl.schema import OptimizerConfig
+from cnnctl.schema import OptimizerConfig, TrainConfig
 
 
 def rate_at(optimizer, step: int) -> float:
@@ -175,3 +179,75 @@ def test_a_weighted_fit_loss_is_mean_weight_times_loss_as_with_keras_class_weigh
         return history.history["loss"][0]
 
     assert first_epoch_loss(ours=True) == pytest.approx(first_epoch_loss(ours=False), rel=1e-6)
+
+
+# ---------------------------------------------------------------- the loss and the labels
+
+
+def train_with(loss) -> TrainConfig:
+    return TrainConfig(optimizer={"name": "sgd"}, loss=loss, metrics=["accuracy", "top_k_accuracy"], top_k=2)
+
+
+@pytest.mark.parametrize(("loss", "mixes", "one_hot"), [
+    ("sparse_categorical_crossentropy", False, False),
+    ("categorical_crossentropy", False, True),
+    ({"name": "sparse_categorical_crossentropy", "from_logits": True}, False, False),
+    ({"name": "sparse_categorical_crossentropy", "label_smoothing": 0.1}, False, True),
+    ("sparse_categorical_crossentropy", True, True),  # MixUp / CutMix mix the labels too
+])
+def test_labels_are_one_hot_for_the_categorical_loss_smoothing_or_mixing(loss, mixes, one_hot):
+    assert labels_one_hot(train_with(loss), augment_mixes=mixes) is one_hot
+
+
+def test_a_loss_without_options_reaches_keras_by_its_name_as_before():
+    assert make_loss(train_with("categorical_crossentropy"), True) == "categorical_crossentropy"
+    assert make_loss(train_with("sparse_categorical_crossentropy"), False) == "sparse_categorical_crossentropy"
+    assert make_loss(train_with("sparse_categorical_crossentropy"), True) == "categorical_crossentropy"  # mixed
+
+
+def test_loss_options_reach_keras(keras_module):
+    keras = keras_module
+    loss = make_loss(train_with({"name": "categorical_crossentropy", "from_logits": True, "label_smoothing": 0.2}),
+                     True)
+    assert isinstance(loss, keras.losses.CategoricalCrossentropy)
+    assert loss.get_config()["from_logits"] is True and loss.get_config()["label_smoothing"] == pytest.approx(0.2)
+    sparse = make_loss(train_with({"name": "sparse_categorical_crossentropy", "from_logits": True}), False)
+    assert isinstance(sparse, keras.losses.SparseCategoricalCrossentropy) and sparse.get_config()["from_logits"]
+    with pytest.raises(ValueError, match="label smoothing needs one-hot labels"):
+        make_loss(train_with({"name": "sparse_categorical_crossentropy", "label_smoothing": 0.1}), False)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_label_smoothing_of_integer_labels_is_keras_categorical_smoothing_of_one_hot_rows(keras_module, from_logits):
+    """Integer labels through the pipeline (one-hot per batch) and the loss make_loss gives: the same number as
+    Keras' CategoricalCrossentropy(label_smoothing) on one-hot labels, and as the formula by hand."""
+    from cnnctl.data import make_dataset
+
+    keras, classes, smoothing = keras_module, 4, 0.2
+    train = train_with({"name": "sparse_categorical_crossentropy", "label_smoothing": smoothing,
+                        "from_logits": from_logits})
+    one_hot = labels_one_hot(train)
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, classes, 10).astype(np.uint8)
+    _, labels = next(iter(make_dataset(np.zeros((10, 2, 2, 1), np.uint8), y, batch_size=10, num_classes=classes,
+                                       one_hot=one_hot)))
+    scores = rng.normal(size=(10, classes)).astype(np.float32)
+    probabilities = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    outputs = scores if from_logits else probabilities
+    ours = float(make_loss(train, one_hot)(labels, outputs))
+    keras_smoothing = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing, from_logits=from_logits)
+    assert ours == pytest.approx(float(keras_smoothing(keras.ops.one_hot(y, classes), outputs)), abs=1e-6)
+    smoothed = np.eye(classes)[y] * (1 - smoothing) + smoothing / classes
+    by_hand = float(np.mean(-(smoothed * np.log(probabilities.astype(np.float64))).sum(axis=1)))
+    assert ours == pytest.approx(by_hand, abs=1e-5)
+    hard = float(keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)(y, outputs))
+    assert abs(ours - hard) > 0.01  # smoothing changed the loss
+
+
+def test_top_k_accuracy_follows_the_form_of_the_labels(keras_module):
+    keras = keras_module
+    train = train_with({"name": "sparse_categorical_crossentropy", "label_smoothing": 0.1})
+    assert isinstance(make_metrics(train)[1], keras.metrics.TopKCategoricalAccuracy)
+    assert isinstance(make_metrics(train, False)[1], keras.metrics.SparseTopKCategoricalAccuracy)
+    assert make_metrics(train_with("categorical_crossentropy"))[0] == "accuracy"
+

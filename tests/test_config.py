@@ -54,7 +54,7 @@ def test_minimal_config_and_defaults(minimal_path):
     conv = config.model.layers[0].args
     assert (conv.filters, conv.kernel_size, conv.activation, conv.padding) == (4, 3, "relu", "valid")
     assert config.runtime.device == "auto" and config.runtime.precision == "auto"
-    assert config.train.loss == "sparse_categorical_crossentropy"
+    assert config.train.loss.name == "sparse_categorical_crossentropy" and config.train.loss.plain
     assert config.expect is None
 
 
@@ -382,6 +382,63 @@ def test_schedules_round_trip(minimal_path):
     assert config_from_yaml_text(to_yaml(config), "x") == config
 
 
+def test_losses_and_test_time_augmentation_round_trip(minimal_path):
+    config = load_config(minimal_path, ["train.loss={name: categorical_crossentropy, label_smoothing: 0.1}",
+                                        "evaluate={tta: [translate, flip], translate_pixels: 2}"])
+    text = to_yaml(config)
+    assert "  loss: {name: categorical_crossentropy, from_logits: false, label_smoothing: 0.1}\n" in text
+    assert text.endswith("evaluate: {tta: [translate, flip], translate_pixels: 2}\n")
+    assert config_from_yaml_text(text, "x") == config
+    plain = load_config(minimal_path, ["train.loss={name: categorical_crossentropy}"])
+    assert "  loss: categorical_crossentropy\n" in to_yaml(plain)  # no options: the name, as the tutorials write it
+
+
+# MINIMAL_YAML with a loss (line 15) and an evaluate section (lines 16-18) after it.
+WITH_LOSS_AND_TTA = MINIMAL_YAML + """\
+  loss: {name: sparse_categorical_crossentropy, from_logits: false}
+evaluate:
+  tta: [flip]
+  translate_pixels: 1
+"""
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (("from_logits: false", "from_logits: true"),
+     "15:62: train.loss.from_logits: true, but model.layers[3] (Dense) ends in a softmax: its outputs are "
+     "probabilities, not logits; remove the softmax or set from_logits: false"),
+    (("{name: sparse_categorical_crossentropy, from_logits: false}", "sparse_categorical_crossentropi"),
+     "15:9: train.loss: input should be 'categorical_crossentropy' or 'sparse_categorical_crossentropy', got "
+     "'sparse_categorical_crossentropi'; did you mean 'sparse_categorical_crossentropy'?"),
+    (("tta: [flip]", "tta: [flip, rotate]"),
+     "17:15: evaluate.tta[1]: input should be 'flip' or 'translate', got 'rotate'"),
+    (("tta: [flip]", "tta: [flip, translat]"),
+     "17:15: evaluate.tta[1]: input should be 'flip' or 'translate', got 'translat'; did you mean 'translate'?"),
+    (("tta: [flip]\n  translate_pixels: 1", "tta: [translate]\n  translate_pixels: 8"),
+     "18:21: evaluate.translate_pixels: 8 must be smaller than the 8x8 image"),
+    (("tta: [flip]", "tta: [flip, flip]"), "17:8: evaluate.tta: lists a view twice: ['flip', 'flip']"),
+])
+def test_loss_and_evaluation_problems_are_located(write_yaml, edit, expected):
+    path = write_yaml(WITH_LOSS_AND_TTA.replace(*edit))
+    assert load_config(write_yaml(WITH_LOSS_AND_TTA, "good.yaml")).evaluate.tta == ["flip"]
+    assert problems_of(path) == [f"{path}:{expected}"]
+
+
+def test_an_unknown_view_exits_2_with_its_place(cli, write_yaml):
+    path = write_yaml(WITH_LOSS_AND_TTA.replace("tta: [flip]", "tta: [mirror]"))
+    result = cli("config", path)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert f"{path}:17:9: evaluate.tta[0]: input should be 'flip' or 'translate', got 'mirror'" in result.output
+
+
+def test_test_time_augmentation_needs_images(write_yaml):
+    text = MINIMAL_YAML.replace("input_shape: [8, 8, 1]", "input_shape: [64]").replace(
+        "    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}\n    - MaxPooling2D: {pool_size: 2}\n"
+        "    - Flatten: {}\n", "")
+    path = write_yaml(text + "evaluate: {tta: [flip]}\n")
+    assert problems_of(path) == [f"{path}:12:17: evaluate.tta: views are flipped or shifted images, but "
+                                 "model.input_shape [64] is not an image ([height, width(, channels)])"]
+
+
 # ---------------------------------------------------------------- pieces
 
 
@@ -520,3 +577,89 @@ def test_an_anchor_defined_twice_says_where_it_was_first(write_yaml):
     path = write_yaml("name: &x tiny\ndescription: &x again\n")
     assert problems_of(path) == [f"{path}:2:14: YAML syntax error: found duplicate anchor 'x' "
                                  "(first defined on line 1)"]
+
+
+# ---------------------------------------------------------------- data.augment (issue 18)
+
+AUGMENTED_YAML = MINIMAL_YAML.replace("  dataset: synthetic\n", """\
+  dataset: synthetic
+  augment:
+    - RandomFlip: {mode: horizontal}
+    - RandomTranslation: {height_factor: 0.1, width_factor: [-0.1, 0.2]}
+""")
+AUGMENT_TYPES_LISTED = ("(allowed: RandomFlip, RandomTranslation, RandomRotation, RandomZoom, RandomContrast, "
+                        "RandomBrightness, RandomErasing, MixUp, CutMix)")
+ONE_KEY = "each augmentation must be a one-key mapping like `RandomFlip: {mode: horizontal}`"
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("RandomTranslation:", "RandomTranslaton:", "6:7: data.augment[1]: unknown augmentation 'RandomTranslaton'; "
+     f"did you mean 'RandomTranslation'? {AUGMENT_TYPES_LISTED}"),
+    ("- RandomFlip: {mode: horizontal}", "- Lambda: {}", f"5:7: data.augment[0]: unknown augmentation 'Lambda' "
+     f"{AUGMENT_TYPES_LISTED}"),
+    ("height_factor: 0.1", "height_factor: 1.5",
+     "6:42: data.augment[1].RandomTranslation.height_factor: input should be less than or equal to 1, got 1.5"),
+    ("height_factor: 0.1", "height_factor: lots", "6:42: data.augment[1].RandomTranslation.height_factor: input "
+     "should be a valid number, unable to parse string as a number, got 'lots'"),
+    ("[-0.1, 0.2]", "[-0.1, 2]",
+     "6:68: data.augment[1].RandomTranslation.width_factor[1]: input should be less than or equal to 1, got 2"),
+    ("[-0.1, 0.2]", "[-0.1, 0.2, 0.3]", "6:61: data.augment[1].RandomTranslation.width_factor: list should have "
+     "at most 2 items after validation, not 3"),
+    ("{mode: horizontal}", "{mode: diagonal}", "5:26: data.augment[0].RandomFlip.mode: input should be "
+     "'horizontal', 'vertical' or 'horizontal_and_vertical', got 'diagonal'"),
+    ("{mode: horizontal}", "{mood: horizontal}", "5:20: data.augment[0].RandomFlip.mood: unknown key; "
+     "did you mean 'mode'?"),
+    ("RandomFlip: {mode: horizontal}", "Conv2D: {filters: 4, kernel_size: 3}",
+     "5:7: data.augment[0]: 'Conv2D' is a model layer, not an augmentation: put it in model.layers"),
+    ("- RandomFlip: {mode: horizontal}", "- 42", f"5:7: data.augment[0]: {ONE_KEY}"),
+    ("- RandomFlip: {mode: horizontal}", "- [RandomFlip]", f"5:7: data.augment[0]: {ONE_KEY}"),
+    ("- RandomFlip: {mode: horizontal}", "- {RandomFlip: {}, MixUp: {}}", f"5:7: data.augment[0]: {ONE_KEY}"),
+    ("- Flatten: {}", "- RandomFlip: {}",
+     "12:7: model.layers[2]: 'RandomFlip' is an augmentation, not a model layer: put it in data.augment"),
+], ids=["unknown", "lambda", "too_big", "not_a_number", "pair_item", "three_numbers", "bad_mode", "typo_key",
+        "model_layer", "number", "list", "two_keys", "augmentation_in_the_model"])
+def test_augmentation_errors_are_one_located_line_each(cli, write_yaml, old, new, problem):
+    assert old in AUGMENTED_YAML
+    path = write_yaml(AUGMENTED_YAML.replace(old, new, 1))
+    assert error_of(cli, path) == f"error: {path}:{problem}\n"
+    assert problems_of(path) == [f"{path}:{problem}"]
+
+
+def test_augmentation_round_trips_and_bare_names_are_accepted(write_yaml):
+    config = load_config(write_yaml(AUGMENTED_YAML.replace("    - RandomFlip: {mode: horizontal}\n",
+                                                           "    - RandomFlip: {mode: horizontal}\n    - MixUp\n")))
+    assert [entry.type for entry in config.data.augment] == ["RandomFlip", "MixUp", "RandomTranslation"]
+    assert yaml.safe_load(to_yaml(config))["data"]["augment"] == [
+        {"RandomFlip": {"mode": "horizontal"}}, {"MixUp": {}},
+        {"RandomTranslation": {"height_factor": 0.1, "width_factor": [-0.1, 0.2]}}]
+    assert config_from_yaml_text(to_yaml(config), "again.yaml") == config
+    assert load_config(CONFIGS / "mnist.yaml").data.augment == []
+
+
+def test_augmentation_can_be_set_from_the_command_line(minimal_path):
+    config = load_config(minimal_path, ["data.augment=[RandomFlip, {RandomRotation: {factor: 0.1}}]"])
+    assert [entry.type for entry in config.data.augment] == ["RandomFlip", "RandomRotation"]
+    (problem,) = problems_of(minimal_path, ["data.augment=[{RandomRotation: {factor: 2}}]"])
+    assert problem == ("--set data.augment=[{RandomRotation: {factor: 2}}]: data.augment[0].RandomRotation.factor: "
+                       "input should be less than or equal to 1, got 2")
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("kernel_size: 3,", "kernel_size: 0,", "7:41: model.layers[0].Conv2D.kernel_size: input should be greater than 0, "
+     "got 0"),
+    ("kernel_size: 3,", "kernel_size: [3, -1],", "7:45: model.layers[0].Conv2D.kernel_size[1]: input should be "
+     "greater than 0, got -1"),
+    ("batch_size: 8", "batch_size: 8\n  class_weight: autoo", "14:17: train.class_weight: input should be 'auto', "
+     "got 'autoo'; did you mean 'auto'?"),
+    ("batch_size: 8", "batch_size: 8\n  class_weight: {a: 0}", "14:21: train.class_weight.a: input should be "
+     "greater than 0, got 0"),
+])
+def test_a_value_no_member_of_a_union_takes_is_one_problem(write_yaml, old, new, problem):
+    # `kernel_size: 0` is neither a positive int nor a pair: one message, from the member that fits its kind.
+    path = write_yaml(MINIMAL_YAML.replace(old, new, 1))
+    assert problems_of(path) == [f"{path}:{problem}"]
+
+
+def test_unknown_keys_named_like_types_are_not_taken_for_union_members(write_yaml):
+    path = write_yaml(MINIMAL_YAML.replace("  dataset: synthetic\n", "  dataset: synthetic\n  int: 1\n  float: 2\n"))
+    assert problems_of(path) == [f"{path}:4:3: data.int: unknown key", f"{path}:5:3: data.float: unknown key"]

@@ -109,3 +109,48 @@ def test_a_worker_reads_its_contiguous_part_of_every_global_batch(workers, repli
         resumed = epoch_batches(x, y, shuffle=True, seed=7, start_epoch=1, skip_steps=1, epochs=1,
                                 shard=(worker, workers, replicas))
         assert resumed == share[4 * replicas:]  # skip_steps counts global steps
+
+
+# ---------------------------------------------------------------- with data.augment: draws named by (epoch, step, part)
+
+AUGMENT = [{"RandomFlip": {}}, {"RandomTranslation": {"height_factor": 0.3, "width_factor": 0.3}},
+           {"RandomContrast": {"factor": 0.5}}, {"MixUp": {}}, {"CutMix": {}}]
+
+
+def augmented(x, y, seed=7, **kwargs) -> list[tuple[np.ndarray, np.ndarray]]:
+    from cnnctl import augment
+    from cnnctl.schema import DataConfig
+
+    apply = augment.make(DataConfig(dataset="synthetic", augment=AUGMENT).augment, seed)
+    return all_batches(data.make_epoch_dataset(x, y, batch_size=4, num_classes=2, one_hot=True, shuffle=True,
+                                               seed=seed, augment=apply, **kwargs))
+
+
+def equal(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(p[0], q[0]) and np.array_equal(p[1], q[1])
+                                    for p, q in zip(a, b, strict=True))
+
+
+def test_an_augmented_epoch_resumed_mid_way_is_the_tail_of_the_uninterrupted_one():
+    rng = np.random.default_rng(1)
+    x = aligned(rng.integers(0, 256, (10, 6, 6, 1), dtype=np.uint8))
+    y = aligned(np.arange(10, dtype=np.uint8) % 2)
+    whole = augmented(x, y, epochs=3)  # batches of 4, 4, 2 per epoch
+    assert len(whole) == 9 and equal(whole, augmented(x, y, epochs=3))
+    assert equal(augmented(x, y, start_epoch=1, skip_steps=1, epochs=2), whole[4:])
+    assert equal(augmented(x, y, start_epoch=2, epochs=1), whole[6:])
+    assert not np.allclose(augmented(x, y, seed=8, epochs=1)[0][0], whole[0][0])
+
+
+def test_each_part_of_a_global_batch_draws_its_own_augmentation():
+    # Ten copies of one image: without the part in the seed, two parts of a batch would be augmented alike.
+    x = aligned(np.repeat(np.random.default_rng(2).integers(0, 256, (1, 6, 6, 1), dtype=np.uint8), 10, axis=0))
+    y = aligned(np.zeros(10, np.uint8))
+    both = augmented(x, y, epochs=2, shard=(0, 1, 2))  # one worker with two replicas: parts 0 and 1 in turn
+    assert len(both) == 12
+    for first, second in zip(both[0::2], both[1::2], strict=True):
+        assert not np.allclose(first[0], second[0])
+    # What a part gets depends on its number among all parts, not on which worker or replica reads it.
+    assert equal(augmented(x, y, epochs=2, shard=(0, 2, 1)), both[0::2])
+    assert equal(augmented(x, y, epochs=2, shard=(1, 2, 1)), both[1::2])
+    assert equal(augmented(x, y, start_epoch=1, skip_steps=1, epochs=1, shard=(1, 2, 1)), both[1::2][4:])

@@ -86,6 +86,24 @@ def test_a_float32_model_is_checked_once_and_the_export_runs_standalone(cli, run
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("format", export.FORMATS)
+def test_a_model_trained_on_logits_is_exported_with_its_softmax(logits_run, tmp_path, format):
+    """The export outputs probabilities, checked against the Keras model's softmax, whatever the format."""
+    from cnnctl.model import load_model
+
+    run, _, _ = logits_run
+    out = tmp_path / f"logits{export.SUFFIXES[format]}" if format != "saved_model" else tmp_path / "saved"
+    result = export.export(run, format, out)
+    assert result.difference <= result.tolerance and result.precision == "mixed_bfloat16"
+    x = np.random.default_rng(2).random((6, 12, 12, 3), dtype=np.float32)
+    outputs = np.asarray(export._run(format, out, x), dtype=np.float64)
+    logits = np.asarray(load_model(run / "checkpoints" / "best.keras").predict(x, verbose=0), dtype=np.float64)
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(outputs.sum(axis=1), 1.0, atol=1e-5)
+    tolerance = 1e-5 if format == "keras" else export.MIXED_TOLERANCES["mixed_bfloat16"]  # others: a float32 copy
+    np.testing.assert_allclose(outputs, softmax, atol=tolerance)
+
+
 # ---------------------------------------------------------------- damage between writing and checking
 
 

@@ -11,6 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from cnnctl.layers import (
+    ALL_TYPES,
+    AUGMENT_TYPES,
     FORBIDDEN_LAYERS,
     LAYER_TYPES,
     Activation,
@@ -19,7 +21,7 @@ from cnnctl.layers import (
     Initializer,
     Regularizer,
 )
-from cnnctl.schema import COMMON_OPTIMIZER_ARGS, OPTIMIZER_ARGS, ModelConfig, OptimizerConfig
+from cnnctl.schema import COMMON_OPTIMIZER_ARGS, OPTIMIZER_ARGS, DataConfig, ModelConfig, OptimizerConfig
 from cnnctl.shapes import infer
 
 # The arguments each layer type cannot do without (and nothing else): enough to build it.
@@ -217,3 +219,77 @@ def test_layer_arguments_are_validated(args, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         Conv2D(**args)
 
+
+
+# ---------------------------------------------------------------- augmentation layers (data.augment)
+
+AUGMENT_REQUIRED = {
+    "RandomTranslation": {"height_factor": 0.1, "width_factor": 0.1},
+    "RandomRotation": {"factor": 0.1},
+    "RandomZoom": {"height_factor": 0.1},
+    "RandomContrast": {"factor": 0.1},
+    "RandomBrightness": {"factor": 0.1},
+}
+SET_BY_CNNCTL = {"seed", "value_range", "data_format", "dtype", "name"}  # augment.build's, never the config's
+# Numbers at and just past the edges of every range Keras' augmentation layers take, single and paired.
+EDGE_VALUES = [-100.0, -1.001, -1.0, -0.999, -0.5, 0.0, 0.001, 0.5, 0.999, 1.0, 1.001, 2.0, 100.0, 101.0,
+               [-1.0, 1.0], [1.0, -1.0], [0.0, 1.0], [0.0, 0.0], [-0.5, 0.5], [0.5, 1.5], [-1.5, 0.5], [-2.0, 3.0]]
+
+
+def test_augment_required_table_matches_the_argument_models():
+    for name, (args_model, _) in AUGMENT_TYPES.items():
+        required = {key for key, field in args_model.model_fields.items() if field.is_required()}
+        assert required == set(AUGMENT_REQUIRED.get(name, {})), name
+
+
+@pytest.mark.parametrize("augment_type", AUGMENT_TYPES)
+def test_every_augmentation_mirrors_its_keras_constructor(keras_module, augment_type):
+    args_model, keras_name = AUGMENT_TYPES[augment_type]
+    keras_class = getattr(keras_module.layers, keras_name)
+    parameters = inspect.signature(keras_class.__init__).parameters
+    fields = set(args_model.model_fields)
+    unknown = fields - keras_params(keras_class)
+    assert not unknown, f"{augment_type}: not arguments of keras.layers.{keras_name}: {sorted(unknown)}"
+    required = {key for key, p in parameters.items() if key != "self" and p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    assert required <= fields, f"{augment_type}: Keras requires {sorted(required - fields)}"
+    assert not fields & SET_BY_CNNCTL
+    for key, field in args_model.model_fields.items():  # unset means Keras' default: the documented one is it
+        if not field.is_required():
+            default = parameters[key].default
+            assert field.default == (list(default) if isinstance(default, tuple) else default), (augment_type, key)
+
+
+@pytest.mark.parametrize("augment_type", AUGMENT_TYPES)
+def test_keras_builds_every_augmentation_value_the_schema_accepts(keras_module, augment_type):
+    from cnnctl.augment import build
+
+    args_model, _ = AUGMENT_TYPES[augment_type]
+    base = AUGMENT_REQUIRED.get(augment_type, {})
+    for key, field in args_model.model_fields.items():
+        values = EDGE_VALUES if takes_numbers(field.annotation) else [sample_value(args_model, key, base)]
+        accepted = 0
+        for value in values:
+            try:
+                entry = DataConfig(dataset="synthetic", augment=[{augment_type: {**base, key: value}}]).augment
+            except ValidationError:
+                continue
+            accepted += 1
+            (layer,) = build(entry)  # Keras' constructor checks the ranges; nothing it refuses gets this far
+            assert type(layer).__name__ == augment_type
+        assert accepted, (augment_type, key)
+
+
+def takes_numbers(annotation) -> bool:
+    """Whether a float is among an annotation's types (through Optional, Union, Annotated, list)."""
+    return annotation is float or any(takes_numbers(arg) for arg in typing.get_args(annotation))
+
+
+def test_augmentations_and_model_layers_are_apart():
+    assert not set(AUGMENT_TYPES) & set(LAYER_TYPES)
+    assert set(ALL_TYPES) == set(LAYER_TYPES) | set(AUGMENT_TYPES)
+    with pytest.raises(ValidationError, match="an augmentation is a one-key mapping"):
+        DataConfig(dataset="synthetic", augment=[{"Conv2D": {"filters": 1, "kernel_size": 1}}])
+    with pytest.raises(ValidationError, match="a layer is a one-key mapping"):
+        ModelConfig(input_shape=[4, 4, 1], layers=["RandomFlip"])
+    assert DataConfig(dataset="synthetic", augment=["RandomFlip", {"MixUp": None}]).augment[1].type == "MixUp"

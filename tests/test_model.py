@@ -8,7 +8,7 @@ from conftest import TUTORIALS
 
 from cnnctl.errors import ConfigError, ShapeError
 from cnnctl.layers import layer_names
-from cnnctl.model import build_model
+from cnnctl.model import build_model, probability_model
 from cnnctl.schema import ModelConfig
 
 SMALL = ModelConfig(input_shape=[6, 6, 2], layers=[
@@ -134,3 +134,31 @@ def test_mixed_float16_compiles_with_loss_scaling():
         assert model.layers[-1].compute_dtype == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+LOGITS = ModelConfig(input_shape=[6, 6, 2], layers=[
+    {"Conv2D": {"filters": 3, "kernel_size": 3, "activation": "relu"}}, {"Flatten": {}}, {"Dense": {"units": 4}}])
+
+
+def test_a_logits_model_gets_a_float32_softmax_on_the_same_weights(keras_module, mixed_bfloat16):
+    model = build_model(LOGITS, float32_output=True)
+    wrapped = probability_model(model, from_logits=True)
+    x = np.random.default_rng(0).random((5, 6, 6, 2), dtype=np.float32)
+    logits = np.asarray(model(x), dtype=np.float64)
+    probabilities = np.asarray(wrapped(x))
+    assert probabilities.dtype == np.float32 and wrapped.output_shape == (None, 4)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert wrapped.count_params() == model.count_params()
+    for weight in model.layers[-1].weights:  # the weights are shared: the wrapper follows the model
+        weight.assign(np.zeros(weight.shape))
+    np.testing.assert_allclose(np.asarray(wrapped(x)), 0.25, atol=1e-7)
+
+
+def test_a_model_of_probabilities_is_left_as_it_is(keras_module):
+    model = build_model(SMALL)
+    assert probability_model(model, from_logits=False) is model
+    wrapped = probability_model(build_model(LOGITS), from_logits=True)
+    assert probability_model(wrapped, from_logits=True) is wrapped  # already ends in a softmax: never twice
+

@@ -231,6 +231,24 @@ def test_report():
     assert row_of(matrix, "a-very-long-class-name") == ["a-very-long-class-name", "600", "5400"]
 
 
+TTA = {"views": ["flip", "translate"], "translate_pixels": 2, "accuracy_with": 0.93, "accuracy_without": 0.9124,
+       "loss_with": 0.25, "loss_without": 0.31234}
+
+
+def test_test_time_augmentation_is_shown_with_and_without():
+    result = train_result(evaluation={"loss": 0.25, "accuracy": 0.93, "tta": TTA})
+    assert rendered(lambda c: render.train_result(result, c)).splitlines()[1:3] == [
+        "test       accuracy 0.9300  loss 0.2500  (best epoch 2 of 3; test-time augmentation)",
+        "tta        flip, translate 2 px: accuracy 0.9300 (0.9124 without), loss 0.2500 (0.3123 without)",
+    ]
+    assert json.loads(rendered(lambda c: render.train_result(result, c, as_json=True)))["tta"] == TTA
+    flip = {key: value for key, value in TTA.items() if key != "translate_pixels"} | {"views": ["flip"]}
+    text = rendered(lambda c: render.report({**REPORT, "tta": flip}, c))
+    assert text.splitlines()[1] == ("test-time augmentation (the figures above and below): flip: accuracy 0.9300 "
+                                    "(0.9124 without), loss 0.2500 (0.3123 without)")
+    assert "test-time" not in rendered(lambda c: render.report(REPORT, c))
+
+
 # ---------------------------------------------------------------- runs, compare, predict, export
 
 

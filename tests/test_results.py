@@ -37,6 +37,43 @@ def test_evaluate_model_reports_on_every_test_image(model_and_data):
     assert report["misclassified"][0]["index"] == 0 and report["top_k"] == 2
 
 
+def test_a_model_trained_on_logits_is_evaluated_on_their_softmax(model_and_data, keras_module):
+    model, x, y = model_and_data
+    logits = keras_module.Model(model.inputs, model.layers[-1].input)  # the same model without its softmax
+    report = results.evaluate_model(logits, x, y, ["a", "b", "c"], batch_size=5, top_k=2, from_logits=True)
+    expected = results.evaluate_model(model, x, y, ["a", "b", "c"], batch_size=5, top_k=2)
+    assert report["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    probability = np.exp(4.0) / (np.exp(4.0) + 2)  # of the predicted class; image 0's label got 1 / (e^4 + 2)
+    by_hand = -(11 * np.log(probability) + np.log(1 / (np.exp(4.0) + 2))) / 12
+    assert report["loss"] == pytest.approx(by_hand, abs=1e-5)  # cross-entropy of probabilities, not of logits
+    assert {k: report[k] for k in ("accuracy", "top_2_accuracy", "confusion_matrix")} == \
+        {k: expected[k] for k in ("accuracy", "top_2_accuracy", "confusion_matrix")}
+    assert "tta" not in report
+
+
+def test_test_time_augmentation_reports_with_and_without(model_and_data):
+    from cnnctl.schema import EvaluateConfig
+
+    model, x, y = model_and_data
+    report = results.evaluate_model(model, x, y, ["a", "b", "c"], batch_size=5, top_k=2,
+                                    tta=EvaluateConfig(tta=["flip"]))
+    plain = results.evaluate_model(model, x, y, ["a", "b", "c"], batch_size=5, top_k=2)
+    assert report["tta"] == {"views": ["flip"], "accuracy_with": plain["accuracy"],  # 1x1 images: mirrors of themselves
+                             "accuracy_without": plain["accuracy"], "loss_with": plain["loss"],
+                             "loss_without": plain["loss"]}
+    assert (report["accuracy"], report["loss"]) == (plain["accuracy"], plain["loss"])
+    none = results.evaluate_model(model, x, y, ["a", "b", "c"], batch_size=5, top_k=2, tta=EvaluateConfig())
+    assert "tta" not in none
+
+
+def test_the_settings_come_from_the_config(tmp_path):
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(
+        layers=[{"Flatten": {}}, {"Dense": {"units": 3}}], evaluate={"tta": ["translate"], "translate_pixels": 2},
+        train={"loss": {"name": "categorical_crossentropy", "from_logits": True}, "top_k": 2})))
+    settings = results.evaluation_settings(config)
+    assert settings == {"batch_size": 16, "top_k": 2, "from_logits": True, "tta": config.evaluate}
+
+
 def test_write_evaluation_writes_eval_json_then_the_plots(model_and_data, tmp_path):
     model, x, y = model_and_data
     (tmp_path / "metrics.csv").write_text("epoch,loss,accuracy\n1,0.9,0.5\n2,0.5,0.8\n")

@@ -187,3 +187,75 @@ def test_a_second_sigint_exits_at_once_leaving_the_last_checkpoint(workdir):
     assert code == 130
     state = json.loads((run / "checkpoints" / "resume.json").read_text())
     assert (run / "checkpoints" / state["checkpoint"]).is_file()  # a checkpoint write cut short is not named
+
+
+def test_resume_may_change_the_evaluation_but_not_the_loss(tmp_path):
+    from cnnctl.config import load_config
+    from cnnctl.errors import RunError
+    from cnnctl.resume import check_changes
+
+    path = write_config(tmp_path / "c.yaml", tiny_config())
+    old = load_config(path).model_dump(mode="json")
+    tta = load_config(path, ["evaluate={tta: [flip]}"]).model_dump(mode="json")
+    assert check_changes(old, tta) == ["evaluate"]
+    smoothed = load_config(path, ["train.loss={name: sparse_categorical_crossentropy, label_smoothing: 0.1}"])
+    with pytest.raises(RunError, match="--resume cannot change train.loss"):
+        check_changes(old, smoothed.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------- with data.augment (issue 18)
+
+AUGMENTED = tiny_config(
+    name="augmented", seed=6, input_shape=(12, 12, 1), filters=8, dropout=0.2, classes=4,
+    data={"synthetic": {"train_examples": 8000, "test_examples": 100},
+          "augment": [{"RandomFlip": {"mode": "horizontal"}},
+                      {"RandomTranslation": {"height_factor": 0.2, "width_factor": 0.2}},
+                      {"RandomContrast": {"factor": 0.3}}, {"MixUp": {"alpha": 0.4}}]},
+    train={"optimizer": {"name": "adam", "learning_rate": 0.001}, "epochs": 2, "validation": "split"},
+    runtime={"deterministic": True, "precision": "float32"})
+
+
+@pytest.fixture(scope="module")
+def augmented(tmp_path_factory):
+    """(config path, the uninterrupted augmented run)."""
+    root = tmp_path_factory.mktemp("augmented")
+    config = write_config(root / "augmented.yaml", AUGMENTED)
+    code, _, err = finish(cnnctl("train", str(config), "--runs-dir", str(root / "runs"), "--run-name", "whole",
+                                 "--quiet"))
+    assert code == 0, err
+    return config, root / "runs" / "whole"
+
+
+def kill_and_resume(config: Path, run: Path, *extra: str, after) -> None:
+    proc = cnnctl("train", str(config), "--runs-dir", str(run.parent), "--run-name", run.name, "--quiet", *extra)
+    after(run)
+    proc.send_signal(signal.SIGKILL)  # at once: 400 steps an epoch, the kill lands far from the end of the run
+    proc.wait()
+    assert json.loads((run / "manifest.json").read_text())["status"] == "running"
+    code, _, err = finish(cnnctl("train", "--resume", str(run), "--quiet"))
+    assert code == 0, err
+    assert [r["epoch"] for r in rows(run)] == ["1", "2"]  # each epoch once
+
+
+def test_sigkill_of_an_augmented_run_then_resume_equals_an_uninterrupted_run(augmented):
+    """Every augmented batch is drawn from (seed, epoch, step, part) alone: the resumed run sees the
+    augmentations the uninterrupted one saw, so metrics.csv and the evaluation are the same to the last digit."""
+    config, whole = augmented
+    run = whole.parent / "killed"
+    kill_and_resume(config, run, after=lambda r: wait_for_epochs(r, 1))
+    assert json.loads((run / "manifest.json").read_text())["resumes"][0]["from_epoch"] == 1
+    assert rows(run) == rows(whole)
+    assert json.loads((run / "eval.json").read_text())["loss"] == json.loads((whole / "eval.json").read_text())["loss"]
+
+
+def test_sigkill_of_an_augmented_run_inside_an_epoch_resumes_at_its_step(augmented):
+    config, whole = augmented
+    run = whole.parent / "steps"
+    kill_and_resume(config, run, "--set", "train.checkpoint_every_steps=100", after=wait_for_step_checkpoint)
+    first, second = rows(run)
+    # Epoch 1's training columns average only the steps run after the resume; its validation, and epoch 2, are
+    # the uninterrupted run's: the weights after the epoch are, so the skipped batches were augmented alike.
+    assert {k: v for k, v in first.items() if k.startswith(("val_", "epoch"))} == {
+        k: v for k, v in rows(whole)[0].items() if k.startswith(("val_", "epoch"))}
+    assert second == rows(whole)[1]
+    assert json.loads((run / "eval.json").read_text())["loss"] == json.loads((whole / "eval.json").read_text())["loss"]

@@ -29,8 +29,10 @@ def test_what_a_config_leaves_out_gets_its_default():
     assert config.data.synthetic.model_dump() == {"train_examples": 512, "test_examples": 128}
     assert (config.data.root, config.data.num_classes, config.data.cache) == (None, None, True)
     train = config.train
-    assert (train.loss, train.metrics, train.top_k, train.epochs, train.checkpoint_every_steps) == (
-        "sparse_categorical_crossentropy", ["accuracy"], 5, 1, None)
+    assert (train.loss.model_dump(), train.metrics, train.top_k, train.epochs, train.checkpoint_every_steps) == (
+        {"name": "sparse_categorical_crossentropy", "from_logits": False, "label_smoothing": 0.0}, ["accuracy"], 5,
+        1, None)
+    assert config.evaluate is None
     assert (train.validation, train.validation_split, train.monitor, train.shuffle) == (
         "none", 0.2, "val_accuracy", True)
     assert train.callbacks.model_dump() == {"early_stopping": None, "reduce_lr_on_plateau": None,
@@ -90,6 +92,50 @@ def test_optimizer_keras_kwargs_are_exactly_what_was_set():
     assert optimizer.keras_kwargs() == {"rho": 0.8, "centered": True}
 
 
+@pytest.mark.parametrize("written", ["categorical_crossentropy", {"name": "categorical_crossentropy"},
+                                     {"name": "categorical_crossentropy", "from_logits": False}])
+def test_a_loss_name_is_the_mapping_of_that_name_and_is_written_back_as_the_name(written):
+    train = TrainConfig(optimizer={"name": "sgd"}, loss=written)
+    assert train.loss == schema.LossConfig(name="categorical_crossentropy") and train.loss.plain
+    assert train.model_dump()["loss"] == "categorical_crossentropy"
+
+
+def test_a_loss_with_options_is_written_back_whole_and_reads_back_the_same():
+    train = TrainConfig(optimizer={"name": "sgd"}, loss={"name": "sparse_categorical_crossentropy",
+                                                         "label_smoothing": 0.2, "from_logits": True})
+    assert (train.loss.name, train.loss.from_logits, train.loss.label_smoothing, train.loss.plain) == (
+        "sparse_categorical_crossentropy", True, 0.2, False)
+    dumped = train.model_dump(mode="json")["loss"]
+    assert dumped == {"name": "sparse_categorical_crossentropy", "from_logits": True, "label_smoothing": 0.2}
+    assert TrainConfig(optimizer={"name": "sgd"}, loss=dumped) == train
+
+
+@pytest.mark.parametrize(("loss", "error"), [
+    ("crossentropy", ("literal_error", ("loss",))),
+    ({"name": "hinge"}, ("literal_error", ("loss", "name"))),
+    ({"name": "categorical_crossentropy", "label_smoothing": 1.0}, ("less_than", ("loss", "label_smoothing"))),
+    ({"name": "categorical_crossentropy", "label_smoothing": -0.1},
+     ("greater_than_equal", ("loss", "label_smoothing"))),
+    ({"from_logits": True}, ("missing", ("loss", "name"))),
+    ({"name": "categorical_crossentropy", "smoothing": 0.1}, ("extra_forbidden", ("loss", "smoothing"))),
+    (3, ("value_error", ("loss",))),
+])
+def test_bad_losses_are_refused_where_they_are(loss, error):
+    with pytest.raises(ValidationError) as info:
+        TrainConfig(optimizer={"name": "sgd"}, loss=loss)
+    assert [(e["type"], e["loc"]) for e in info.value.errors()] == [error]
+
+
+def test_the_evaluate_section_lists_views_once():
+    assert schema.EvaluateConfig().model_dump() == {"tta": [], "translate_pixels": 1}
+    assert schema.EvaluateConfig(tta=["translate", "flip"]).tta == ["translate", "flip"]
+    for bad in (["flip", "flip"], ["rotate"]):
+        with pytest.raises(ValidationError):
+            schema.EvaluateConfig(tta=bad)
+    with pytest.raises(ValidationError):
+        schema.EvaluateConfig(translate_pixels=0)
+
+
 # ---------------------------------------------------------------- the JSON Schema
 
 
@@ -97,7 +143,7 @@ def test_the_json_schema_has_every_top_level_section(json_schema):
     assert json_schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert json_schema["title"] == "cnnctl experiment config" and json_schema["description"] == "A cnnctl experiment."
     assert set(json_schema["properties"]) == set(Config.model_fields) == {
-        "name", "description", "seed", "data", "model", "train", "runtime", "expect", "tune", "tracking"}
+        "name", "description", "seed", "data", "model", "train", "runtime", "expect", "evaluate", "tune", "tracking"}
     assert set(json_schema["required"]) == {"name", "data", "model", "train"}
     assert json_schema["additionalProperties"] is False
 
@@ -135,3 +181,15 @@ def test_the_json_schema_accepts_the_bare_layer_forms_the_loader_accepts(json_sc
         assert layer.type == "Flatten" and layer.args.kwargs() == {}
     assert not validator.is_valid(tiny_config(layers=["Dense"]))
     assert not validator.is_valid(tiny_config(layers=[{"Flatten": {}, "Dense": {"units": 3}}]))
+
+
+def test_the_json_schema_takes_a_loss_as_a_name_or_a_mapping(json_schema):
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(json_schema)
+    for loss in ("categorical_crossentropy", {"name": "sparse_categorical_crossentropy", "label_smoothing": 0.1}):
+        assert list(validator.iter_errors(tiny_config(train={"loss": loss}))) == []
+    for loss in ("hinge", {"label_smoothing": 0.1}, {"name": "categorical_crossentropy", "label_smoothing": 1}):
+        assert not validator.is_valid(tiny_config(train={"loss": loss}))
+    assert json_schema["$defs"]["TrainConfig"]["properties"]["loss"]["default"] == "sparse_categorical_crossentropy"
+    assert validator.is_valid(tiny_config(evaluate={"tta": ["flip", "translate"], "translate_pixels": 2}))
+    assert not validator.is_valid(tiny_config(evaluate={"tta": ["rotate"]}))

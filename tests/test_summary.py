@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import pytest
@@ -96,8 +97,6 @@ def test_non_trainable_parameters(keras_module, minimal_config):
 
 
 def test_summary_is_json_friendly(mnist_summary):
-    import json
-
     assert json.loads(json.dumps(mnist_summary)) == mnist_summary
 
 
@@ -126,3 +125,39 @@ def test_numbers_survive_a_narrow_console(keras_module):
     text = console.file.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "51,264" in text and "3,276,800" in text and "…" not in text
+
+
+# ---------------------------------------------------------------- data.augment: one line, no parameters
+
+AUGMENT = ("data.augment=[{RandomFlip: {mode: horizontal}}, {RandomTranslation: {height_factor: 0.1, "
+           "width_factor: [-0.1, 0.2]}}, MixUp]")
+AUGMENT_LINE = (" Augmentation (training batches only, in the input pipeline; not in the model): "
+                "RandomFlip(mode=horizontal) -> RandomTranslation(height_factor=0.1, width_factor=[-0.1, 0.2]) -> MixUp()")
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_augmentation_adds_one_line_and_no_parameters(tutorial_models, name):
+    config, model = tutorial_models[name]
+    assert config.data.augment == []  # the tutorials train on their images as they are
+    plain = summarize(config, model, "float32")
+    assert "augment" not in plain and "Augmentation" not in rendered(plain)
+    augmented = load_config(CONFIGS / f"{name}.yaml", [AUGMENT])
+    data = summarize(augmented, build_model(augmented.model, name=augmented.name), "float32")
+    assert data.pop("augment") == ["RandomFlip(mode=horizontal)",
+                                   "RandomTranslation(height_factor=0.1, width_factor=[-0.1, 0.2])", "MixUp()"]
+    assert data == plain  # the same layers, parameters, MACs and memory: augmentation is not in the model
+    text = rendered(summarize(augmented, model, "float32"))
+    assert [line for line in text.splitlines() if line not in rendered(plain).splitlines()] == [AUGMENT_LINE]
+    assert text.replace(AUGMENT_LINE + "\n", "") == rendered(plain)
+
+
+def test_the_summary_command_shows_the_augmentation(cli):
+    plain = cli("summary", CONFIGS / "mnist.yaml")
+    result = cli("summary", CONFIGS / "mnist.yaml", "--set", AUGMENT)
+    assert plain.exit_code == result.exit_code == 0, result.output
+    assert "Augmentation" not in plain.stdout
+    text = " ".join(result.stdout.split())
+    assert " ".join(AUGMENT_LINE.split()) in text and "Total params: 62,346" in text
+    assert "Published parameter count 62,346: matches" in text
+    data = json.loads(cli("summary", CONFIGS / "mnist.yaml", "--set", AUGMENT, "--json").stdout)
+    assert data["augment"][0] == "RandomFlip(mode=horizontal)" and data["total_params"] == 62_346

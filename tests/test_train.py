@@ -142,6 +142,78 @@ def test_json_mode_prints_one_object_per_epoch_then_the_result(tmp_path, runner)
     assert lines[-1]["status"] == "completed" and lines[-1]["test_accuracy"] is not None
 
 
+# ---------------------------------------------------------------- a model trained on logits, test-time augmentation
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def test_a_logits_run_reports_probabilities_with_and_without_test_time_augmentation(logits_run):
+    from cnnctl import rundata
+    from cnnctl.model import load_model
+
+    run, _, output = logits_run
+    report = json.loads((run / "eval.json").read_text())
+    tta = report["tta"]
+    assert (tta["views"], tta["translate_pixels"]) == (["flip", "translate"], 2)
+    assert (report["accuracy"], report["loss"]) == (tta["accuracy_with"], tta["loss_with"])  # the headline: with
+    assert f"tta        flip, translate 2 px: accuracy {tta['accuracy_with']:.4f} ({tta['accuracy_without']:.4f} " \
+           "without)" in output
+    assert "(best epoch 2 of 2; test-time augmentation)" in output
+    # Without the views: the argmax and the cross-entropy of softmax(logits), as for a model ending in a softmax.
+    _, splits = rundata.test_split(run)
+    logits = np.asarray(load_model(run / "checkpoints" / "best.keras").predict(splits.x_test / np.float32(255),
+                                                                               verbose=0), dtype=np.float64)
+    probabilities, labels = softmax(logits), splits.y_test.astype(int)
+    assert tta["accuracy_without"] == pytest.approx(float((logits.argmax(axis=1) == labels).mean()))
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1)
+    assert tta["loss_without"] == pytest.approx(float(-np.log(picked).mean()), abs=1e-4)
+    assert "label_smoothing: 0.1" in (run / "config.yaml").read_text()
+
+
+def test_evaluate_prints_and_writes_the_accuracy_with_and_without_the_views(logits_run, runner, tmp_path):
+    run, _, _ = logits_run
+    written = json.loads((run / "eval.json").read_text())["tta"]
+    result = runner.invoke(app, ["evaluate", str(run), "--out", str(tmp_path / "again.json")])
+    assert result.exit_code == 0, result.output
+    assert f"test-time augmentation (the figures above and below): flip, translate 2 px: accuracy " \
+           f"{written['accuracy_with']:.4f} ({written['accuracy_without']:.4f} without)" in result.output
+    again = json.loads((tmp_path / "again.json").read_text())["tta"]
+    assert again["views"] == written["views"] and again["accuracy_with"] == written["accuracy_with"]
+    assert again["loss_without"] == pytest.approx(written["loss_without"], abs=1e-6)
+
+
+def test_predict_gives_the_softmax_of_a_logits_model(logits_run, runner, tmp_path):
+    from PIL import Image
+
+    from cnnctl.model import load_model
+    from cnnctl.predict import prepare
+
+    run, config, _ = logits_run
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    result = runner.invoke(app, ["predict", str(run), str(folder), "--top-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    logits = np.asarray(load_model(run / "checkpoints" / "best.keras").predict(
+        prepare(sorted(folder.iterdir()), (12, 12, 3)), verbose=0), dtype=np.float64)
+    for row, expected in zip(found, softmax(logits), strict=True):
+        by_index = {top["index"]: top["probability"] for top in row["top"]}
+        assert sum(by_index.values()) == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose([by_index[i] for i in range(3)], expected, atol=1e-5)
+    bare = tmp_path / "bare.keras"
+    bare.write_bytes((run / "checkpoints" / "best.keras").read_bytes())
+    refused = runner.invoke(app, ["predict", str(bare), str(folder)])
+    assert refused.exit_code == 2 and "the model's outputs are not probabilities" in stderr_of(refused)
+    given = runner.invoke(app, ["predict", str(bare), str(folder), "--top-k", "3", "--json", "--config", str(config)])
+    assert given.exit_code == 0 and json.loads(given.stdout) == found
+
+
 @pytest.mark.slow
 def test_real_mnist_slice_learns_well_above_chance(tmp_path, runner):
     source = SHARED_DATASETS / "mnist.npz"

@@ -68,7 +68,7 @@ def make_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool):
 
 def make_epoch_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool, shuffle: bool, seed: int,
                        start_epoch: int = 0, skip_steps: int = 0, epochs: int | None = None,
-                       shard: tuple[int, int, int] | None = None):
+                       shard: tuple[int, int, int] | None = None, augment=None):
     """Training batches, epoch after epoch, where epoch e is a permutation seeded by (seed, e).
 
     The order of any epoch depends only on the seed and the epoch number, never on how many
@@ -78,17 +78,23 @@ def make_epoch_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool
 
     `shard` (worker, workers, replicas per worker) makes this one worker's pipeline of a
     multi-worker run: see `_worker_share`. `batch_size` and `skip_steps` stay global.
+    `augment` (augment.make's function) transforms each batch, seeded by (epoch, step, part).
     """
     import tensorflow as tf
 
-    batch = _gather_and_scale(x, y, num_classes, one_hot)
+    gather = _gather_and_scale(x, y, num_classes, one_hot)
     count = len(x)
 
     def epoch_batches(epoch):
         order = tf.range(count, dtype=tf.int64)
         if shuffle:
             order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        steps = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        return steps.map(lambda step, indices: (indices, tf.stack([epoch, step, tf.constant(0, tf.int64)])))
+
+    def batch(indices, where):
+        images, labels = gather(indices)
+        return augment(images, labels, where) if augment is not None else (images, labels)
 
     last = start_epoch + epochs if epochs is not None else 2**62
     index_batches = tf.data.Dataset.range(start_epoch, last).flat_map(epoch_batches).skip(skip_steps)
@@ -113,12 +119,15 @@ def _worker_share(index_batches, worker: int, workers: int, replicas: int = 1):
 
     parts, first = workers * replicas, worker * replicas
 
-    def share(indices):
+    def share(indices, where):
         size = tf.size(indices, out_type=tf.int64)
 
         def start(part):  # where part `part` (an int64 tensor) begins
             return part * (size // parts) + tf.minimum(part, size % parts)
 
-        return tf.data.Dataset.range(first, first + replicas).map(lambda part: indices[start(part):start(part + 1)])
+        def part_of(part):  # the part's indices, and (epoch, step, part) naming it for augmentation seeds
+            return indices[start(part):start(part + 1)], tf.tensor_scatter_nd_update(where, [[2]], [part])
+
+        return tf.data.Dataset.range(first, first + replicas).map(part_of)
 
     return index_batches.flat_map(share)
