@@ -34,7 +34,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import keras
-    import tensorflow as tf
 
     from cnnctl import augment, inputs, rundata, runtime
     from cnnctl.compile import labels_one_hot, make_loss

@@ -223,7 +223,7 @@ def main(argv=None) -> int:
         except OSError:
             pass
     results["ratios"] = ratios(runs)
-    write(results, out)
+    write(scrub(results, str(work), where if prefix is not None else None), out)
     return 0
 
 
@@ -241,6 +241,18 @@ def ratios(runs: dict) -> dict:
         out["mapped_over_in_memory_images_per_second"] = round(speed[0] / speed[1], 3)
         out["speed_target_met"] = out["mapped_over_in_memory_images_per_second"] >= 0.9
     return out
+
+
+def scrub(value, work: str, cgroup: str | None):
+    """value with the scratch folder written as $WORK and the cgroup's path as its kind: results are committed."""
+    if isinstance(value, str):
+        value = value.replace(work, "$WORK")
+        return value.replace(cgroup, "a memory cgroup") if cgroup else value
+    if isinstance(value, dict):
+        return {key: scrub(item, work, cgroup) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(item, work, cgroup) for item in value]
+    return value
 
 
 def write(results: dict, out: Path) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from cnnctl import data, rundir
 from cnnctl.config import load_config, smoke_config
 from cnnctl.errors import DataError, RunError
@@ -46,12 +44,11 @@ def for_training(config: Config, run: tuple[Path, dict] | None, *, data_dir=None
 def describe(splits: data.Splits, limit: int = 8) -> list[str]:
     """Lines naming the classes with their images per split, and any files skipped, for a run's start."""
     identity, names = splits.identity, splits.class_names
-    parts = [("train", splits.y_train), ("val", splits.y_val), ("test", splits.y_test)]
-    parts = [(part, y) for part, y in parts if y is not None and not (part == "val" and y is splits.y_test)]
-    counts = {part: np.bincount(np.asarray(y, dtype=np.int64), minlength=len(names)) for part, y in parts}
-    shown = [f"{name} {'/'.join(f'{int(counts[p][i]):,}' for p, _ in parts)}" for i, name in enumerate(names[:limit])]
+    counts = identity["classes"]  # {class: {split: images}}, counted once by data.load_splits
+    parts = list(counts[names[0]]) if names else []
+    shown = [f"{name} {'/'.join(f'{counts[name][p]:,}' for p in parts)}" for name in names[:limit]]
     more = f", and {len(names) - limit} more" if len(names) > limit else ""
-    lines = [f"data {identity.get('dataset')}: {len(names)} classes, images {'/'.join(p for p, _ in parts)}: "
+    lines = [f"data {identity.get('dataset')}: {len(names)} classes, images {'/'.join(parts)}: "
              f"{', '.join(shown)}{more}"]
     if identity.get("skipped"):
         first = identity["skipped_files"][0]

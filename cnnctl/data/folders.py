@@ -38,6 +38,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnctl"
 
 
+def cache_file(key: str) -> Path:
+    """The cache's .npy of a split whose `fingerprint` is `key` (its record of bad files: .json beside it)."""
+    return cache_dir() / f"images-{key[:32]}.npy"
+
+
 def _stat(path: Path) -> os.stat_result | str:
     """The image's stat, or why it cannot be read (a broken or looping link, a missing file, ...)."""
     try:
@@ -135,7 +140,7 @@ def decoded(files: images.ImageFiles, parts: list[str], shape: tuple, data: Data
     keys = {part: fingerprint(files.paths[part], shape, data) for part in parts}
     out, missing = {}, []
     for part in parts:
-        npy = cache_dir() / f"images-{keys[part][0][:32]}.npy"
+        npy = cache_file(keys[part][0])
         cached = _read_cache(npy, len(files.paths[part]), shape) if data.cache else None
         if cached is None:
             missing.append(part)
@@ -143,7 +148,7 @@ def decoded(files: images.ImageFiles, parts: list[str], shape: tuple, data: Data
             out[part] = cached
     total, done = sum(len(files.paths[p]) for p in missing), 0
     for part in missing:
-        npy = cache_dir() / f"images-{keys[part][0][:32]}.npy" if data.cache else None
+        npy = cache_file(keys[part][0]) if data.cache else None
         out[part] = _decode(files.paths[part], shape, data, npy, keys[part][2], progress, done, total)
         done += len(files.paths[part])
     return out

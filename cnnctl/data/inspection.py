@@ -23,7 +23,7 @@ import numpy as np
 from cnnctl.data.arrays import check_classes, held_out, load_npz, synthetic_splits
 from cnnctl.data.builtin import load_builtin
 from cnnctl.data.decode import CHUNK, decode_file, workers
-from cnnctl.data.folders import cache_dir, fingerprint
+from cnnctl.data.folders import cache_dir, cache_file, fingerprint
 from cnnctl.data.images import LAYOUTS, hold_out_validation, list_files
 from cnnctl.errors import DataError
 from cnnctl.schema import Config
@@ -145,7 +145,7 @@ def _cache(keys: dict[str, tuple[str, int, dict]], enabled: bool) -> dict:
     folder = cache_dir()
     splits = {}
     for part, (key, source_bytes, _) in keys.items():
-        npy = folder / f"images-{key[:32]}.npy"
+        npy = cache_file(key)
         sizes = [_size(npy), _size(npy.with_suffix(".json"))]
         cached = None not in sizes  # the .json is written last: both there means a complete decode
         splits[part] = {"file": npy.name, "cached": cached, "bytes": sum(sizes) if cached else 0,
