@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cnnctl import files, history, resume, rundir
+from cnnctl import averaging, files, history, resume, rundir
 from cnnctl.errors import TrainingFailed
 from cnnctl.files import atomic_path
 from cnnctl.schema import CallbacksConfig, TrainConfig
@@ -43,6 +43,8 @@ class Stop:
 def current_learning_rate(optimizer) -> float:
     """The learning rate the optimizer uses now (schedules evaluated at the current step)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    if isinstance(inner, keras.optimizers.MultiOptimizer):  # parameter groups: the main optimizer's rate
+        inner = inner._optimizer_map.default_optimizer
     return float(keras.ops.convert_to_numpy(inner.learning_rate))
 
 
@@ -115,7 +117,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     def _save(self, name: str) -> None:
         target = self.directory / name
         try:
-            with atomic_path(target, suffix=".keras") as tmp:
+            with atomic_path(target, suffix=".keras") as tmp, averaging.averaged(self.model):
                 self.model.save(tmp)
         except OSError as exc:  # a full disk fails the run with a message, not an OSError from inside fit
             reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
@@ -257,6 +259,7 @@ def for_run(run_dir: Path, train: TrainConfig, stop: Stop, state: resume.ResumeS
     configured = from_config(train.callbacks)
     nan_guard = NaNGuard(stop, step_offset=state.step if state else 0)
     callbacks = [
+        averaging.AveragedValidation(),
         EpochExtras(),
         *([nan_guard] if train.callbacks.terminate_on_nan else []),
         *configured,

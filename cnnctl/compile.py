@@ -25,20 +25,87 @@ def make_schedule(config: OptimizerConfig, steps_per_epoch: int, epochs: int):
         return schedules.InverseTimeDecay(lr, s.decay_steps, s.decay_rate, staircase=s.staircase)
     if s.type == "exponential":
         return schedules.ExponentialDecay(lr, s.decay_steps, s.decay_rate, staircase=s.staircase)
+    if s.type == "piecewise_linear":
+        from cnnctl.schedules import PiecewiseLinear
+
+        return PiecewiseLinear(lr, s.points, steps_per_epoch * epochs)
     total = s.decay_steps or max(1, steps_per_epoch * epochs - s.warmup_steps)
     if s.warmup_steps:
         return schedules.CosineDecay(0.0, total, alpha=s.alpha, warmup_target=lr, warmup_steps=s.warmup_steps)
     return schedules.CosineDecay(lr, total, alpha=s.alpha)
 
 
-def make_optimizer(config: OptimizerConfig, steps_per_epoch: int, epochs: int):
+OPTIMIZER_CLASSES = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad",
+                     "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "Nadam"}
+
+
+def make_optimizer(config: OptimizerConfig, steps_per_epoch: int, epochs: int, variables=()):
+    """The Keras optimizer `config` describes, with weight averaging (`ema`) if set.
+
+    With `groups`, a `keras.optimizers.MultiOptimizer`: one optimizer of the same kind per group, whose
+    learning rate (and schedule) is the main one's times the group's multiplier, for the `variables`
+    (the model's trainable ones) whose `layer/variable` name the group's pattern matches; the rest use the
+    main optimizer. A pattern that matches nothing, or a variable two groups match, is a ConfigError.
+    """
+    main = _one_optimizer(config, steps_per_epoch, epochs, 1.0, config.weight_decay)
+    if not config.groups:
+        return main
     import keras
 
-    classes = {"sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
-               "adamw": keras.optimizers.AdamW, "adagrad": keras.optimizers.Adagrad,
-               "adadelta": keras.optimizers.Adadelta, "adamax": keras.optimizers.Adamax,
-               "nadam": keras.optimizers.Nadam}
-    return classes[config.name](learning_rate=make_schedule(config, steps_per_epoch, epochs), **config.keras_kwargs())
+    names = {variable_name(v) for v in variables}
+    groups = group_of_each(config, sorted(names))
+    mapping = keras.optimizers.OptimizerMap(default_optimizer=main)
+    for index, group in enumerate(config.groups):
+        if index in groups.values():
+            decay = config.weight_decay if group.weight_decay is None else group.weight_decay
+            mapping[f"[^/]+/(?:{group.match})"] = _one_optimizer(config, steps_per_epoch, epochs,
+                                                                 group.lr_multiplier, decay)
+    return keras.optimizers.MultiOptimizer(mapping)
+
+
+def variable_name(variable) -> str:
+    """`layer/variable` (a Keras variable's path without the model's name), what groups match."""
+    return variable.path.split("/", 1)[-1]
+
+
+def group_of_each(config: OptimizerConfig, names: list[str]) -> dict[str, int]:
+    """For each variable name a group matches, the group's index; refuses patterns matching nothing
+    and variables matched twice, naming them."""
+    import re
+
+    found: dict[str, int] = {}
+    problems = []
+    for index, group in enumerate(config.groups):
+        matched = [name for name in names if re.fullmatch(group.match, name)]
+        if not matched:
+            problems.append(f"train.optimizer.groups[{index}].match: {echo(group.match)} matches no trainable "
+                            f"variable (they are: {_listed(names)})")
+        for name in matched:
+            if name in found:
+                problems.append(f"train.optimizer.groups[{index}].match: {echo(name)} is already in "
+                                f"groups[{found[name]}]; a variable may be in one group only")
+            found.setdefault(name, index)
+    if problems:
+        raise ConfigError(problems)
+    return found
+
+
+def _one_optimizer(config: OptimizerConfig, steps_per_epoch: int, epochs: int, multiplier: float,
+                   weight_decay: float | None):
+    import keras
+
+    scaled = config if multiplier == 1.0 else config.model_copy(update={"learning_rate": config.learning_rate
+                                                                        * multiplier})
+    kwargs = config.keras_kwargs()
+    kwargs.pop("weight_decay", None)
+    if config.ema is not None:
+        kwargs.update(use_ema=True, ema_momentum=config.ema.momentum, ema_overwrite_frequency=config.ema.overwrite_every)
+    optimizer = getattr(keras.optimizers, OPTIMIZER_CLASSES[config.name])(
+        learning_rate=make_schedule(scaled, steps_per_epoch, epochs),
+        **({"weight_decay": weight_decay} if weight_decay is not None else {}), **kwargs)
+    if config.exclude_from_weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(config.exclude_from_weight_decay))
+    return optimizer
 
 
 def labels_one_hot(config: TrainConfig, augment_mixes: bool = False) -> bool:

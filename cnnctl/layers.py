@@ -34,6 +34,9 @@ Initializer = Literal[
     "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal",
     "zeros", "ones", "random_uniform", "random_normal", "truncated_normal", "orthogonal",
 ]  # fmt: skip
+# cnnctl's own, for Conv2D kernels (cnnctl/initializers.py): dirac keeps a channel's input at the kernel's
+# centre (an identity convolution, airbench's init); whitening is set from the training images' patches.
+ConvInitializer = Union[Initializer, Literal["dirac", "whitening"]]  # noqa: UP007
 Regularizer = Literal["l1", "l2", "l1l2", "orthogonal_regularizer"]  # Keras 3 names (L1L2 is "l1l2")
 Constraint = Literal["max_norm", "min_max_norm", "non_neg", "unit_norm"]
 Padding = Literal["valid", "same"]
@@ -87,7 +90,7 @@ class Conv2D(_BiasArgs):
     padding: Padding = "valid"
     dilation_rate: Size2 = 1
     groups: PosInt = 1
-    kernel_initializer: Initializer = "glorot_uniform"
+    kernel_initializer: ConvInitializer = "glorot_uniform"
     kernel_regularizer: Regularizer | None = None
     kernel_constraint: Constraint | None = None
 
@@ -182,6 +185,11 @@ class BatchNormalization(LayerArgs):
     gamma_constraint: Constraint | None = None
 
 
+class Rescaling(LayerArgs):
+    scale: Annotated[float, Field(allow_inf_nan=False)]
+    offset: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+
+
 class LayerNormalization(LayerArgs):
     axis: int = -1
     epsilon: Annotated[float, Field(gt=0)] = 1e-3
@@ -219,6 +227,7 @@ LAYER_TYPES: dict[str, tuple[type[LayerArgs], str]] = {
     "Softmax": (Softmax, "Softmax"),
     "BatchNormalization": (BatchNormalization, "BatchNormalization"),
     "LayerNormalization": (LayerNormalization, "LayerNormalization"),
+    "Rescaling": (Rescaling, "Rescaling"),
 }
 
 # ---------------------------------------------------------------- augmentation (data.augment)

@@ -14,13 +14,18 @@ from cnnctl.schema import ModelConfig
 from cnnctl.shapes import infer
 
 
-def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_output: bool = False):
+def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_output: bool = False,
+                training_images=None, seed: int = 0):
     """A `keras.Sequential` built on `model_config.input_shape`.
 
     `float32_output` runs the last layer (the softmax) in float32, as mixed precision needs for a
-    numerically stable loss; it changes no weights, shapes or parameter counts.
+    numerically stable loss; it changes no weights, shapes or parameter counts. `training_images` (uint8
+    or float, as stored) is a model about to be trained: its `whitening` kernels are set from a sample of
+    them (drawn with `seed`) and the fast training ops of cnnctl.fastops are swapped in.
     """
     import keras
+
+    from cnnctl import initializers
 
     infer(model_config)
     names = layer_names(model_config.layers)
@@ -32,6 +37,8 @@ def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_outp
     for index, (entry, layer_name) in enumerate(zip(model_config.layers, names, strict=True)):
         kwargs = entry.args.kwargs()
         kwargs["name"] = layer_name
+        if "kernel_initializer" in kwargs:
+            kwargs["kernel_initializer"] = initializers.keras_initializer(kwargs["kernel_initializer"])
         # Set as an attribute: not every constructor takes `trainable` (SpatialDropout2D does not).
         trainable = kwargs.pop("trainable", True)
         if float32_output and index == last:
@@ -39,7 +46,13 @@ def build_model(model_config: ModelConfig, *, name: str = "cnnctl", float32_outp
         layer = getattr(keras.layers, entry.keras_class)(**kwargs)
         layer.trainable = trainable
         layers.append(layer)
-    return keras.Sequential(layers, name=name)
+    model = keras.Sequential(layers, name=name)
+    if training_images is not None:
+        from cnnctl import fastops
+
+        initializers.whiten_from(model, model_config, training_images, seed)
+        fastops.speed_up(model)
+    return model
 
 
 def load_model(path: str | Path):
@@ -52,6 +65,8 @@ def load_model(path: str | Path):
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise RunError(f"{path}: not a Keras model file (.keras zip archive)")
     import keras
+
+    from cnnctl import initializers  # noqa: F401  (registers Dirac, which a saved model may name)
 
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -7,6 +7,7 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
@@ -136,8 +137,30 @@ class CosineSchedule(Section):
     warmup_steps: Annotated[int, Field(ge=0)] = 0
 
 
+class PiecewiseLinearSchedule(Section):
+    """learning_rate x a factor interpolated linearly between points (fraction of the run's steps, factor):
+    [[0, 0.2], [0.23, 1], [1, 0.07]] is airbench's triangle; [[0, 0], [0.3, 1], [1, 0]] a one-cycle."""
+
+    type: Literal["piecewise_linear"]
+    points: Annotated[list[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=100)]]],
+                      Field(min_length=2, max_length=100)]
+    """[fraction of all training steps, factor] pairs, fractions increasing from 0 to 1."""
+
+    @field_validator("points")
+    @classmethod
+    def _from_start_to_end(cls, points: list) -> list:
+        fractions = [f for f, _ in points]
+        if fractions[0] != 0 or fractions[-1] != 1:
+            raise ValueError(f"the points must run from fraction 0 to fraction 1, got {fractions[0]:g} to "
+                             f"{fractions[-1]:g}")
+        if any(b <= a for a, b in zip(fractions, fractions[1:], strict=False)):
+            raise ValueError(f"the fractions must increase, got {', '.join(f'{f:g}' for f in fractions)}")
+        return points
+
+
 Schedule = Annotated[
-    Union[ConstantSchedule, InverseTimeSchedule, ExponentialSchedule, CosineSchedule],  # noqa: UP007
+    Union[ConstantSchedule, InverseTimeSchedule, ExponentialSchedule, CosineSchedule,  # noqa: UP007
+          PiecewiseLinearSchedule],
     Field(discriminator="type"),
 ]
 
@@ -153,7 +176,37 @@ OPTIMIZER_ARGS: dict[str, set[str]] = {
     "nadam": {"beta_1", "beta_2", "epsilon"},
 }
 COMMON_OPTIMIZER_ARGS = {"name", "learning_rate", "schedule", "weight_decay", "clipnorm", "clipvalue",
-                         "global_clipnorm"}  # fmt: skip
+                         "global_clipnorm", "exclude_from_weight_decay", "groups", "ema"}  # fmt: skip
+
+
+class ParameterGroup(Section):
+    """Variables whose learning rate (and weight decay) differ from the rest, e.g. BatchNorm biases."""
+
+    match: Annotated[str, Field(min_length=1, max_length=200)]
+    """A regular expression that must match a variable's whole `layer/variable` name, e.g.
+    `batch_normalization.*/beta`; each variable may match at most one group."""
+    lr_multiplier: Annotated[float, Field(ge=0, le=10000)] = 1.0
+    """The group's learning rate is the optimizer's (with its schedule) times this; 0 freezes the variables."""
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    """The group's decoupled weight decay (default: the optimizer's)."""
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return pattern
+
+
+class EmaConfig(Section):
+    """Weight averaging (Keras' use_ema): an exponential moving average of the weights, updated every step.
+    Validation, the checkpoints, evaluation and exports use the averaged weights; resume keeps the average."""
+
+    momentum: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    overwrite_every: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
+    """Copy the average into the weights training continues from every this many steps (lookahead)."""
 
 
 class OptimizerConfig(Section):
@@ -175,6 +228,12 @@ class OptimizerConfig(Section):
     clipnorm: Annotated[float, Field(gt=0)] | None = None
     clipvalue: Annotated[float, Field(gt=0)] | None = None
     global_clipnorm: Annotated[float, Field(gt=0)] | None = None
+    exclude_from_weight_decay: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=100)] = []
+    """Variables not decayed: substrings of their names, e.g. [beta, bias]."""
+    groups: Annotated[list[ParameterGroup], Field(max_length=20)] = []
+    """Parameter groups with their own learning-rate multiplier and weight decay."""
+    ema: EmaConfig | None = None
+    """Average the weights (exponential moving average, optionally lookahead)."""
 
     @model_validator(mode="after")
     def _args_fit_optimizer(self) -> OptimizerConfig:
@@ -191,7 +250,7 @@ class OptimizerConfig(Section):
 
     def keras_kwargs(self) -> dict:
         """Constructor arguments other than the learning rate, exactly as set."""
-        skip = {"name", "learning_rate", "schedule"}
+        skip = {"name", "learning_rate", "schedule", "groups", "ema", "exclude_from_weight_decay"}
         return {k: getattr(self, k) for k in self.model_fields_set if k not in skip}
 
 

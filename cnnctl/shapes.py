@@ -57,7 +57,7 @@ def _layer(entry: LayerEntry, shape: tuple[int, ...]) -> tuple[tuple[int, ...], 
     # long: one short branch per layer type, read as a table; split up, the table would be scattered
     kind, a = entry.keras_class, entry.args
     needs_image = kind not in {"Dense", "Dropout", "Flatten", "Activation", "ReLU", "LeakyReLU", "Softmax",
-                               "BatchNormalization", "LayerNormalization"}  # fmt: skip
+                               "BatchNormalization", "LayerNormalization", "Rescaling"}  # fmt: skip
     if needs_image and len(shape) != 3:
         raise ValueError(f"needs an image input (height, width, channels), got {_describe(shape)}")
     if kind in {"Conv2D", "DepthwiseConv2D", "SeparableConv2D"}:
@@ -115,7 +115,7 @@ def _layer(entry: LayerEntry, shape: tuple[int, ...]) -> tuple[tuple[int, ...], 
         learned = channels * (int(a.center) + int(a.scale))
         moving = 2 * channels if kind == "BatchNormalization" else 0
         return shape, learned + moving, moving, 0
-    # Dropout, SpatialDropout2D, Activation, ReLU, LeakyReLU, Softmax keep the shape.
+    # Dropout, SpatialDropout2D, Activation, ReLU, LeakyReLU, Softmax, Rescaling keep the shape.
     return shape, 0, 0, 0
 
 

@@ -188,8 +188,10 @@ def _fit(ctx: RunContext):
                                               strategy=ctx.strategy, distribute=ctx.plan.distribute)
     val_ds = inputs.validation(config, ctx.splits, one_hot=one_hot)
     with ctx.strategy.scope():
-        model = build_model(config.model, name=config.name, float32_output=ctx.plan.precision != "float32")
-        model.compile(optimizer=make_optimizer(train.optimizer, steps, train.epochs), loss=make_loss(train, one_hot),
+        model = build_model(config.model, name=config.name, float32_output=ctx.plan.precision != "float32",
+                            training_images=ctx.splits.x_train, seed=config.seed)
+        optimizer = make_optimizer(train.optimizer, steps, train.epochs, model.trainable_variables)
+        model.compile(optimizer=optimizer, loss=make_loss(train, one_hot),
                       metrics=make_metrics(train, one_hot), jit_compile=ctx.plan.jit_compile,
                       steps_per_execution=ctx.steps_per_execution)
         if ctx.plan.distribute == "multi_worker":

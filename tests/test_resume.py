@@ -205,13 +205,29 @@ def test_resume_may_change_the_evaluation_but_not_the_loss(tmp_path):
 
 # ---------------------------------------------------------------- with data.augment (issue 18)
 
+# The recipe's parts together: augmentation, a whitening and an identity-initialised conv, BatchNorm and
+# GELU (cnnctl.fastops in training), parameter groups, lookahead weight averaging, a piecewise-linear schedule.
 AUGMENTED = tiny_config(
-    name="augmented", seed=6, input_shape=(12, 12, 1), filters=8, dropout=0.2, classes=4,
+    name="augmented", seed=6, input_shape=(12, 12, 1), classes=4,
+    layers=[{"Conv2D": {"filters": 4, "kernel_size": 2, "kernel_initializer": "whitening", "trainable": False}},
+            {"Activation": {"activation": "gelu"}},
+            {"Conv2D": {"filters": 8, "kernel_size": 3, "padding": "same", "use_bias": False,
+                        "kernel_initializer": "dirac"}},
+            {"MaxPooling2D": {"pool_size": 2}},
+            {"BatchNormalization": {"scale": False, "momentum": 0.6}},
+            {"Activation": {"activation": "gelu"}},
+            {"Dropout": {"rate": 0.2}}, {"Flatten": {}}, {"Dense": {"units": 4}}],
     data={"synthetic": {"train_examples": 8000, "test_examples": 100},
           "augment": [{"RandomFlip": {"mode": "horizontal"}},
                       {"RandomTranslation": {"height_factor": 0.2, "width_factor": 0.2}},
                       {"RandomContrast": {"factor": 0.3}}, {"MixUp": {"alpha": 0.4}}]},
-    train={"optimizer": {"name": "adam", "learning_rate": 0.001}, "epochs": 2, "validation": "split"},
+    train={"optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.85, "nesterov": True,
+                         "weight_decay": 0.0005,
+                         "schedule": {"type": "piecewise_linear", "points": [[0, 0.2], [0.25, 1], [1, 0.1]]},
+                         "groups": [{"match": "batch_normalization.*/beta", "lr_multiplier": 8}],
+                         "ema": {"momentum": 0.9, "overwrite_every": 5}},
+           "loss": {"name": "categorical_crossentropy", "from_logits": True, "label_smoothing": 0.2},
+           "epochs": 2, "validation": "split"},
     runtime={"deterministic": True, "precision": "float32"})
 
 
