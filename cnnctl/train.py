@@ -212,7 +212,8 @@ def _fit(ctx: RunContext):
         start_epoch += 1
         nan_guard.step_offset = 0
     if start_epoch < train.epochs and not model.stop_training and not stop.reason:
-        model.fit(train_data(start_epoch), validation_data=val_ds, initial_epoch=start_epoch, epochs=train.epochs,
+        model.fit(train_data(start_epoch, epochs=train.epochs - start_epoch), validation_data=val_ds,
+                  initial_epoch=start_epoch, epochs=train.epochs,
                   steps_per_epoch=steps, callbacks=callback_list, shuffle=False, verbose=0)
     return model, checkpoint
 
