@@ -176,7 +176,8 @@ OPTIMIZER_ARGS: dict[str, set[str]] = {
     "nadam": {"beta_1", "beta_2", "epsilon"},
 }
 COMMON_OPTIMIZER_ARGS = {"name", "learning_rate", "schedule", "weight_decay", "clipnorm", "clipvalue",
-                         "global_clipnorm", "exclude_from_weight_decay", "groups", "ema"}  # fmt: skip
+                         "global_clipnorm"}  # fmt: skip
+CNNCTL_OPTIMIZER_ARGS = {"exclude_from_weight_decay", "groups", "ema"}  # cnnctl's, for every optimizer
 
 
 class ParameterGroup(Section):
@@ -237,11 +238,13 @@ class OptimizerConfig(Section):
 
     @model_validator(mode="after")
     def _args_fit_optimizer(self) -> OptimizerConfig:
-        allowed = OPTIMIZER_ARGS[self.name] | COMMON_OPTIMIZER_ARGS
+        allowed = OPTIMIZER_ARGS[self.name] | COMMON_OPTIMIZER_ARGS | CNNCTL_OPTIMIZER_ARGS
         wrong = sorted(k for k in self.model_fields_set if k not in allowed)
         if wrong:
             raise ValueError(
-                f"{self.name} does not take {', '.join(wrong)} (it takes {', '.join(sorted(allowed - {'name'}))})"
+                f"{self.name} does not take {', '.join(wrong)} (it takes "
+                f"{', '.join(sorted(allowed - {'name'} - CNNCTL_OPTIMIZER_ARGS))}, and ema, groups and "
+                "exclude_from_weight_decay)"
             )
         clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if getattr(self, k) is not None]
         if len(clips) > 1:  # Keras' optimizer constructor refuses more than one

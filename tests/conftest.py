@@ -73,7 +73,7 @@ BAD_CONFIGS = [
      ""),
     ("unknown_layer", ("Flatten: {}", "Flaten: {}"),
      "9:7", "model.layers[2]: unknown layer type 'Flaten'; did you mean 'Flatten'? (allowed: Conv2D,",
-     "LayerNormalization)"),
+     "LayerNormalization, Rescaling)"),
     ("lambda", ("Flatten: {}", "Lambda: {function: 'lambda x: x'}"),
      "9:7", "model.layers[2]: layer type 'Lambda' is not allowed: it runs Python code from the config", ""),
     ("python_tag", ("name: tiny", "name: !!python/object/apply:os.system [echo owned]"),

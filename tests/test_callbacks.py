@@ -11,6 +11,7 @@ import pytest
 from conftest import disk_full_on_save, leftovers, weights_of
 
 from cnnctl import callbacks, rundir
+from cnnctl.averaging import AveragedValidation
 from cnnctl.callbacks import AtomicCheckpoint, MetricsCSV, NaNGuard, Stop, nan_where
 from cnnctl.errors import TrainingFailed
 from cnnctl.resume import ResumeState
@@ -270,12 +271,13 @@ def test_for_run_returns_the_callbacks_in_their_order(tmp_path):
     train = train_config(callbacks={"early_stopping": {}, "reduce_lr_on_plateau": {}})
     made, checkpoint, nan_guard = callbacks.for_run(tmp_path, train, Stop(), None, steps_per_epoch=10, write=True,
                                                     extra=[extra])
-    assert [type(c) for c in made] == [callbacks.EpochExtras, NaNGuard, keras.callbacks.EarlyStopping,
-                                       keras.callbacks.ReduceLROnPlateau, AtomicCheckpoint,
-                                       callbacks.ResumeCheckpoint, MetricsCSV, callbacks.TensorBoard, type(extra)]
-    assert made[-1] is extra and made[1] is nan_guard and made[4] is checkpoint
+    assert [type(c) for c in made] == [AveragedValidation, callbacks.EpochExtras, NaNGuard,
+                                       keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau,
+                                       AtomicCheckpoint, callbacks.ResumeCheckpoint, MetricsCSV, callbacks.TensorBoard,
+                                       type(extra)]
+    assert made[-1] is extra and made[2] is nan_guard and made[5] is checkpoint
     assert checkpoint.directory == tmp_path / rundir.CHECKPOINTS and checkpoint.monitor == "val_accuracy"
-    assert made[6].path == tmp_path / rundir.METRICS and not made[6].append
+    assert made[7].path == tmp_path / rundir.METRICS and not made[7].append
     assert (checkpoint.best_value, checkpoint.best_epoch, nan_guard.step_offset) == (None, None, 0)
 
 
@@ -283,9 +285,9 @@ def test_for_run_without_terminate_on_nan_and_resumed(tmp_path):
     train = train_config(monitor="val_loss", callbacks={"terminate_on_nan": False})
     state = ResumeState(epoch=3, step=7, best_value=0.25, best_epoch=2)
     made, checkpoint, nan_guard = callbacks.for_run(tmp_path, train, Stop(), state, steps_per_epoch=10, write=False)
-    assert [type(c) for c in made] == [callbacks.EpochExtras, AtomicCheckpoint, callbacks.ResumeCheckpoint,
-                                       MetricsCSV, callbacks.TensorBoard]
+    assert [type(c) for c in made] == [AveragedValidation, callbacks.EpochExtras, AtomicCheckpoint,
+                                       callbacks.ResumeCheckpoint, MetricsCSV, callbacks.TensorBoard]
     assert nan_guard not in made and nan_guard.step_offset == 7
     assert (checkpoint.monitor, checkpoint.write) == ("val_loss", False)
     assert (checkpoint.best_value, checkpoint.best_epoch) == (0.25, 2)
-    assert made[3].append
+    assert made[4].append

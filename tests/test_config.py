@@ -125,7 +125,7 @@ def test_all_problems_are_collected_in_one_error(write_yaml):
         f"{path}:7:25: model.layers[0].Conv2D.filters: input should be greater than 0, got -1",
         f"{path}:7:45: model.layers[0].Conv2D.activaton: unknown key; did you mean 'activation'?",
         f"{path}:12:14: train.optimizer: sgd does not take rho (it takes clipnorm, clipvalue, global_clipnorm, "
-        "learning_rate, momentum, nesterov, schedule, weight_decay)",
+        "learning_rate, momentum, nesterov, schedule, weight_decay, and ema, groups and exclude_from_weight_decay)",
         f"{path}:14:11: train.epochs: input should be a valid integer, unable to parse string as an integer, "
         "got 'lots'",
     ]

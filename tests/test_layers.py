@@ -21,7 +21,14 @@ from cnnctl.layers import (
     Initializer,
     Regularizer,
 )
-from cnnctl.schema import COMMON_OPTIMIZER_ARGS, OPTIMIZER_ARGS, DataConfig, ModelConfig, OptimizerConfig
+from cnnctl.schema import (
+    CNNCTL_OPTIMIZER_ARGS,
+    COMMON_OPTIMIZER_ARGS,
+    OPTIMIZER_ARGS,
+    DataConfig,
+    ModelConfig,
+    OptimizerConfig,
+)
 from cnnctl.shapes import infer
 
 # The arguments each layer type cannot do without (and nothing else): enough to build it.
@@ -35,6 +42,7 @@ REQUIRED = {
     "Dropout": {"rate": 0.5},
     "SpatialDropout2D": {"rate": 0.5},
     "Activation": {"activation": "relu"},
+    "Rescaling": {"scale": 0.5},
 }
 BASE_LAYER_KWARGS = {"name", "trainable"}
 KERAS_OPTIMIZERS = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad",
@@ -150,7 +158,7 @@ def test_constraint_names_resolve(keras_module, name):
 def test_optimizer_names_are_the_allowed_ones():
     assert set(literal_values(OptimizerConfig.model_fields["name"].annotation)) == set(OPTIMIZER_ARGS)
     assert set(OPTIMIZER_ARGS) == set(KERAS_OPTIMIZERS)
-    every_arg = set().union(*OPTIMIZER_ARGS.values()) | COMMON_OPTIMIZER_ARGS
+    every_arg = set().union(*OPTIMIZER_ARGS.values()) | COMMON_OPTIMIZER_ARGS | CNNCTL_OPTIMIZER_ARGS
     assert every_arg == set(OptimizerConfig.model_fields)
 
 

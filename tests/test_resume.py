@@ -217,7 +217,7 @@ AUGMENTED = tiny_config(
             {"BatchNormalization": {"scale": False, "momentum": 0.6}},
             {"Activation": {"activation": "gelu"}},
             {"Dropout": {"rate": 0.2}}, {"Flatten": {}}, {"Dense": {"units": 4}}],
-    data={"synthetic": {"train_examples": 8000, "test_examples": 100},
+    data={"synthetic": {"train_examples": 4000, "test_examples": 100},
           "augment": [{"RandomFlip": {"mode": "horizontal"}},
                       {"RandomTranslation": {"height_factor": 0.2, "width_factor": 0.2}},
                       {"RandomContrast": {"factor": 0.3}}, {"MixUp": {"alpha": 0.4}}]},
@@ -245,7 +245,7 @@ def augmented(tmp_path_factory):
 def kill_and_resume(config: Path, run: Path, *extra: str, after) -> None:
     proc = cnnctl("train", str(config), "--runs-dir", str(run.parent), "--run-name", run.name, "--quiet", *extra)
     after(run)
-    proc.send_signal(signal.SIGKILL)  # at once: 400 steps an epoch, the kill lands far from the end of the run
+    proc.send_signal(signal.SIGKILL)  # at once: 200 steps an epoch, the kill lands far from the end of the run
     proc.wait()
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"
     code, _, err = finish(cnnctl("train", "--resume", str(run), "--quiet"))
