@@ -42,10 +42,12 @@ smoke:
 		|| { cat $(SMOKE_DIR).log; echo "smoke FAILED: cnnctl tune configs/mnist_tune.yaml --smoke"; exit 1; }; \
 	echo "smoke ok: cnnctl tune configs/mnist_tune.yaml --smoke ($$(( $$(date +%s) - start )) s)"
 
-# The tutorial comparison (bench/run.py), then memory and speed on 100,000 generated images (bench/images.py).
+# The tutorial comparison (bench/run.py), then memory and speed on 100,000 generated images (bench/images.py),
+# then cifar10_fast's training speed against PyTorch (bench/torch_speed.py; PyTorch in its own bench/.venv-torch).
 bench:
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/images.py $(BENCH_IMAGES_ARGS)
+	$(BIN)/python bench/torch_speed.py $(BENCH_TORCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -1,24 +1,28 @@
 """The Towards Data Science CIFAR-10 CNN written as the tutorial writes it (plain tf.keras), for bench/run.py.
 
-usage: plain_cifar10.py IMAGE_FOLDER EPOCHS RESULT_JSON
+usage: plain_cifar10.py IMAGE_FOLDER EPOCHS RESULT_JSON [SEED]
 
 The images are decoded exactly as cnnctl decodes them (cnnctl.data.load_splits with
 dataset=directory, which also reads cnnctl's decode cache), then converted as the tutorial
 converts keras.datasets.cifar10 arrays: astype("float32") / 255 and to_categorical. Model, compile
 (optimizer="rmsprop") and fit (batch_size=256, validation_data=(x_test, y_test), shuffle=True) are
-the tutorial's; verbose=0 and a callback recording epoch times are the only additions.
+the tutorial's; verbose=0, a callback recording epoch times and, given a SEED,
+keras.utils.set_random_seed(SEED) (Python, NumPy and TensorFlow: initial weights, dropout, fit's
+shuffling; the tutorial is unseeded) are the only additions.
 """
 
 import sys
 
 from keras import Input, layers, models
-from keras.utils import to_categorical
+from keras.utils import set_random_seed, to_categorical
 from plain_common import EpochTimes, write_result
 
 from cnnctl.data import load_splits
 from cnnctl.schema import DataConfig
 
 folder, epochs, result_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if len(sys.argv) > 4:
+    set_random_seed(int(sys.argv[4]))
 num_classes = 10
 
 splits = load_splits(DataConfig(dataset="directory", root=folder), input_shape=(32, 32, 3), num_classes=num_classes,

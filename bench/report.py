@@ -1,6 +1,8 @@
-"""Medians, ratios against the targets of the issue, and the markdown summary."""
+"""Medians, ratios against the targets of the issue, accuracy over seeds, and the markdown summary."""
 
 from __future__ import annotations
+
+import statistics
 
 from measure import median_or_none
 
@@ -62,6 +64,53 @@ def model_rows(model: str, med: dict) -> list[dict]:
     return rows
 
 
+def over_seeds(runs: dict) -> dict:
+    """Per variant, the final test accuracy of each completed seeded run, their mean and sample sd (None for
+    one seed); {} when no run had a seed."""
+    out = {}
+    for key, records in runs.items():
+        done = [r for r in records if r.get("ok") and r.get("seed") is not None]
+        if done:
+            accuracies = [r["test_accuracy"] for r in done]
+            out[key] = {"seeds": [r["seed"] for r in done], "test_accuracy": accuracies,
+                        "mean": statistics.mean(accuracies),
+                        "sd": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+                        "precision": "/".join(sorted({r["precision"] for r in done if r.get("precision")})) or None}
+    return out
+
+
+PRECISION_RULE = ("mixed precision costs accuracy if the mean test accuracy at precision auto is below float32's by "
+                  "more than the larger of the two variants' seed sds; a difference within it is no measurable cost; "
+                  "with fewer than 2 seeds per variant there is no sd and no verdict")
+
+
+def precision_verdict(seeded: dict) -> dict | None:
+    """Does precision auto (mixed precision) cost test accuracy against float32? By PRECISION_RULE."""
+    auto, f32 = seeded.get("cnnctl_auto"), seeded.get("cnnctl_f32")
+    if not auto or not f32:
+        return None
+    diff = round((auto["mean"] - f32["mean"]) * 100, 4) + 0.0
+    sds = [auto["sd"], f32["sd"]]
+    bound = None if None in sds else round(max(sds) * 100, 4)
+    if auto["precision"] == "float32":
+        verdict = "nothing to judge: precision auto chose float32 on this machine"
+    elif bound is None:
+        verdict = "no verdict: fewer than 2 seeds"
+    elif abs(diff) <= bound:
+        verdict = "no measurable cost"
+    else:
+        verdict = "costs accuracy" if diff < 0 else "more accurate than float32 (beyond the seed spread)"
+    text = (f"precision auto ({auto['precision']}) against float32, seeds {_seeds(auto['seeds'])} / "
+            f"{_seeds(f32['seeds'])}: difference of means (auto - float32) {diff:+.2f} points, larger seed sd "
+            f"{'n/a' if bound is None else f'{bound:.2f} points'}: **{verdict}**")
+    return {"difference_points": diff, "larger_sd_points": bound, "verdict": verdict, "text": text,
+            "rule": PRECISION_RULE}
+
+
+def _seeds(seeds):
+    return ", ".join(map(str, seeds))
+
+
 def startup_rows(startup: dict, cifar_med: dict | None) -> list[dict]:
     rows = []
     tf, help_, summary = (startup.get(k, {}).get("median") for k in ("import_tensorflow", "cnnctl_help",
@@ -102,7 +151,9 @@ def markdown(results: dict) -> str:
         f"TensorFlow {m['tensorflow']}, Keras {m['keras']}, Python {m['python']}; cnnctl {m['cnnctl']['commit']}"
         f"{' (uncommitted changes)' if m['cnnctl']['dirty'] else ''}. Load average (1 min) at start / end: {load}.",
         "",
-        f"Settings: {s['epochs']} epoch(s), {s['repeats']} alternating repetition(s) (medians); {sizes}. "
+        f"Settings: {s['epochs']} epoch(s), {s['repeats']} alternating repetition(s) (medians)"
+        + (f", CIFAR-10 one per seed ({_seeds(s['seeds'])})" if s.get("seeds") and "cifar10" in results["models"] else "")
+        + f"; {sizes}. "
         "Images/s = training images / median epoch seconds excluding the first epoch (both sides: "
         "on_epoch_begin to on_epoch_end, validation included where the tutorial validates).",
         "",
@@ -121,6 +172,18 @@ def markdown(results: dict) -> str:
                          f"{_num(med['images_per_second'], ',.0f')} | {_num(med['steady_epoch_seconds'], '.2f')} | "
                          f"{_num(med['wall_seconds'], '.1f')} | {_num(med['peak_rss_mb'], ',.0f')} | "
                          f"{_num(med['cpu_seconds'], '.1f')} | {_num(med['test_accuracy'], '.4f')} |")
+    seeded = {model: data for model, data in results["models"].items() if data.get("accuracy_over_seeds")}
+    if seeded:
+        lines += ["", "Final test accuracy over seeds (mean ± sample sd):", "",
+                  "| model | variant | precision | seeds | test accuracy per seed | mean ± sd |", "|---|---|---|---|---|---|"]
+    for model, data in seeded.items():
+        for key, acc in data["accuracy_over_seeds"].items():
+            lines.append(f"| {MODELS[model]} | {VARIANTS[key]} | {acc['precision']} | {_seeds(acc['seeds'])} | "
+                         f"{', '.join(format(a, '.4f') for a in acc['test_accuracy'])} | {acc['mean']:.4f} ± "
+                         f"{'n/a' if acc['sd'] is None else format(acc['sd'], '.4f')} |")
+    for model, data in seeded.items():
+        if verdict := data.get("precision_verdict"):
+            lines += ["", f"Mixed precision, {MODELS[model]}: {verdict['text']}. Rule: {verdict['rule']}."]
     lines += [""] + [f"- {note}" for note in results["notes"]]
     if results["failures"]:
         lines += ["", f"**{len(results['failures'])} failure(s):**", ""]

@@ -5,7 +5,9 @@
 
 Per model (Torres' MNIST CNN, the TDS CIFAR-10 CNN), on the same images, alternating repetitions of:
 the plain script (bench/plain_*.py), `cnnctl train` in float32, `cnnctl train` at precision auto
-(and for CIFAR-10 the same from the decoded arrays as npz), each in its own subprocess. Plus the
+(and for CIFAR-10 the same from the decoded arrays as npz), each in its own subprocess. CIFAR-10 runs
+one repetition per seed (--seeds), every variant with that seed, and reports each variant's test
+accuracy as mean +- sd over the seeds with a verdict on mixed precision against float32. Plus the
 start-up times of `cnnctl --help` and `cnnctl summary` against `import tensorflow`. Writes
 bench/results/<date>.json and .md and prints the markdown summary; progress goes to stderr.
 """
@@ -33,8 +35,8 @@ ROOT = BENCH.parent
 SHARED = ROOT.parent / "shared" / "datasets"
 PY = sys.executable
 CNNCTL = [str(Path(PY).parent / "cnnctl")] if (Path(PY).parent / "cnnctl").exists() else [PY, "-m", "cnnctl"]
-QUICK = {"epochs": 1, "train_images": 300, "test_images": 200, "repeats": 1, "startup_repeats": 2}
-FULL = {"epochs": 5, "train_images": None, "test_images": None, "repeats": 3, "startup_repeats": 5}
+QUICK = {"epochs": 1, "train_images": 300, "test_images": 200, "repeats": 1, "seeds": "0,1", "startup_repeats": 2}
+FULL = {"epochs": 5, "train_images": None, "test_images": None, "repeats": 3, "seeds": "0,1,2", "startup_repeats": 5}
 
 
 def say(message: str) -> None:
@@ -47,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="epochs per training run (full: 5; the first one is excluded from images/s)")
     p.add_argument("--train-images", type=int, help="training images per model (full: all)")
     p.add_argument("--test-images", type=int, help="test images per model (full: all)")
-    p.add_argument("--repeats", type=int, help="alternating repetitions of each variant (full: 3)")
+    p.add_argument("--repeats", type=int, help="alternating repetitions of each MNIST variant (full: 3)")
+    p.add_argument("--seeds", help="comma-separated seeds; CIFAR-10 runs one alternating repetition per seed "
+                                   "(full: 0,1,2)")
     p.add_argument("--startup-repeats", type=int, help="runs of each start-up command (full: 5)")
     p.add_argument("--parts", default="mnist,cifar10,startup", help="comma-separated subset of mnist,cifar10,startup")
     p.add_argument("--out", type=Path, help="result JSON (default bench/results/<date>.json; .md written next to it)")
@@ -62,6 +66,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.epochs < 1 or args.repeats < 1 or args.startup_repeats < 1:
         p.error("--epochs, --repeats and --startup-repeats must be at least 1")
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        p.error(f"--seeds: integers separated by commas, got {args.seeds!r}")
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        p.error("--seeds: at least one seed, each once")
     args.parts = [part.strip() for part in args.parts.split(",") if part.strip()]
     if unknown := set(args.parts) - {"mnist", "cifar10", "startup"}:
         p.error(f"--parts: unknown {', '.join(sorted(unknown))}")
@@ -89,11 +99,11 @@ class Bench:
 
     # ---------------------------------------------------------------- one training run
 
-    def train(self, model: str, key: str, rep: int, argv_for, val_is_test: bool) -> dict:
+    def train(self, model: str, key: str, rep: int, seed: int | None, argv_for, val_is_test: bool) -> dict:
         work = self.tmp / "trials" / f"{model}-{key}-{rep}"
         work.mkdir(parents=True)
-        result = self.child(argv_for(work), f"{model}-{key}-{rep}")
-        record = {"rep": rep, **result.to_dict(), "ok": result.ok}
+        result = self.child(argv_for(work, seed), f"{model}-{key}-{rep}")
+        record = {"rep": rep, "seed": seed, **result.to_dict(), "ok": result.ok}
         if result.ok:
             try:
                 record.update(read_plain(work) if key == "plain" else read_cnnctl(work / "bench", val_is_test))
@@ -102,25 +112,28 @@ class Bench:
                 self.failures.append(f"{model}-{key}-{rep}: unreadable results: {exc}")
         shutil.rmtree(work, ignore_errors=True)  # checkpoints of a full run are large
         ips = record.get("images_per_second")
-        say(f"{model} rep {rep + 1}/{self.args.repeats} {key}: "
+        say(f"{model} rep {rep + 1}{'' if seed is None else f' (seed {seed})'} {key}: "
             + (f"{ips:,.0f} img/s, {record['wall_seconds']:.1f} s, {record['peak_rss_mb']:,.0f} MB, "
                f"acc {record['test_accuracy']:.4f}" if record["ok"] else "failed"))
         return record
 
-    def compare(self, model: str, variants: dict, val_is_test: bool) -> dict:
+    def compare(self, model: str, variants: dict, val_is_test: bool, seeds: list[int] | None = None) -> dict:
+        """--repeats repetitions at the config's seed (the plain script unseeded), or one per seed in `seeds`."""
         runs = self.partial.setdefault(model, {key: [] for key in variants})
-        for rep in range(self.args.repeats):
+        for rep, seed in enumerate(seeds or [None] * self.args.repeats):
             for key, argv_for in variants.items():  # a, b, a, b, ...: drifts in machine load hit all alike
-                runs[key].append(self.train(model, key, rep, argv_for, val_is_test))
+                runs[key].append(self.train(model, key, rep, seed, argv_for, val_is_test))
         return {"runs": runs, "medians": {key: report.medians(r) for key, r in runs.items()}}
 
     def cnnctl_argv(self, config: str, sets: list[str], precision: str | None):
         extra = [*sets, f"train.epochs={self.args.epochs}"] + ([f"runtime.precision={precision}"] if precision else [])
-        return lambda work: [*CNNCTL, "train", config, "--quiet", "--runs-dir", str(work), "--run-name", "bench",
-                             *(arg for s in extra for arg in ("--set", s))]
+        return lambda work, seed: [*CNNCTL, "train", config, "--quiet", "--runs-dir", str(work), "--run-name", "bench",
+                                   *(arg for s in extra + ([] if seed is None else [f"seed={seed}"])
+                                     for arg in ("--set", s))]
 
     def plain_argv(self, script: str, data: Path):
-        return lambda work: [PY, str(BENCH / script), str(data), str(self.args.epochs), str(work / "result.json")]
+        return lambda work, seed: [PY, str(BENCH / script), str(data), str(self.args.epochs), str(work / "result.json"),
+                                   *([] if seed is None else [str(seed)])]
 
     # ---------------------------------------------------------------- the models
 
@@ -149,8 +162,9 @@ class Bench:
                     "cnnctl_f32": self.cnnctl_argv("configs/cifar10.yaml", folder_sets, "float32"),
                     "cnnctl_auto": self.cnnctl_argv("configs/cifar10.yaml", folder_sets, None),
                     "cnnctl_auto_npz": self.cnnctl_argv("configs/cifar10.yaml", npz_sets, None)}
-        return {"train_images": n_train, "test_images": n_test, "data": f"JPEG folders {root}",
-                "first_decode": decode.to_dict(), **self.compare("cifar10", variants, val_is_test=True)}
+        return {"train_images": n_train, "test_images": n_test, "data": f"JPEG folders {root}", "seeds": self.args.seeds,
+                "first_decode": decode.to_dict(),
+                **self.compare("cifar10", variants, val_is_test=True, seeds=self.args.seeds)}
 
     def startup(self) -> dict:
         commands = {"import_tensorflow": [PY, "-c", "import tensorflow"], "cnnctl_help": [*CNNCTL, "--help"],
@@ -222,6 +236,9 @@ def notes(args, results: dict) -> list[str]:
     if "cifar10" in results["models"]:
         out.append("CIFAR-10 validates on the test set every epoch (the tutorial's validation_data=(x_test, y_test)), "
                    "in both the plain script and cnnctl; its final test accuracy is the last epoch's for both.")
+        out.append(f"CIFAR-10 runs one repetition per seed ({', '.join(map(str, args.seeds))}), each variant with that "
+                   "seed: the plain script through keras.utils.set_random_seed, cnnctl through `--set seed=N`; "
+                   "its medians are over those seeds.")
     return out
 
 
@@ -266,6 +283,8 @@ def main(argv=None) -> int:
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     for model, data in results["models"].items():
         results["rows"] += report.model_rows(model, data.get("medians", {}))
+        if seeded := report.over_seeds(data.get("runs", {})):
+            data["accuracy_over_seeds"], data["precision_verdict"] = seeded, report.precision_verdict(seeded)
     results["rows"] += report.startup_rows(results["startup"], results["models"].get("cifar10", {}).get("medians"))
     results["notes"] = notes(args, results)
     print(write(portable(results, ROOT), args.out), end="")  # no path of this machine in the committed results
