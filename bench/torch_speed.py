@@ -360,7 +360,10 @@ def markdown(r: dict) -> str:
         lines.append("- cnnctl / best PyTorch: not measured (a side failed; see the failures below).")
     lines += [f"- {note}" for note in r["notes"]]
     if r["failures"]:
-        lines += ["", f"**{len(r['failures'])} failure(s):**", ""] + [f"- {_first_line(x, 400)}" for x in r["failures"]]
+        lines += ["", f"**{len(r['failures'])} failure(s):**", ""]
+        for failure in r["failures"]:  # "<which>: <error>": the error's telling line
+            which, _, error = failure.partition(": ")
+            lines.append(f"- {which}: {_first_line(error, 400)}")
     return "\n".join(lines).rstrip() + "\n"
 
 
