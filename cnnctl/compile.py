@@ -105,6 +105,10 @@ def _one_optimizer(config: OptimizerConfig, steps_per_epoch: int, epochs: int, m
         **({"weight_decay": weight_decay} if weight_decay is not None else {}), **kwargs)
     if config.exclude_from_weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(config.exclude_from_weight_decay))
+    if config.ema is not None and config.ema.ramp:
+        from cnnctl.averaging import ramp_momentum
+
+        ramp_momentum(optimizer, steps_per_epoch * epochs, config.ema.ramp)
     return optimizer
 
 

@@ -256,6 +256,13 @@ class RandomFlip(AugmentArgs):
     mode: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal_and_vertical"
 
 
+class AlternatingFlip(AugmentArgs):
+    """airbench's flip: each image is flipped at random (seeded) in the first epoch, then the other way in every
+    next epoch, so consecutive epochs see both sides of every image. Keras' RandomFlip, with that draw."""
+
+    mode: Literal["horizontal", "vertical"] = "horizontal"
+
+
 class _Geometric(AugmentArgs):
     fill_mode: FillMode = "reflect"
     interpolation: Interpolation = "bilinear"
@@ -305,7 +312,7 @@ AUGMENT_TYPES: dict[str, tuple[type[AugmentArgs], str]] = {
         ("RandomFlip", RandomFlip), ("RandomTranslation", RandomTranslation), ("RandomRotation", RandomRotation),
         ("RandomZoom", RandomZoom), ("RandomContrast", RandomContrast), ("RandomBrightness", RandomBrightness),
         ("RandomErasing", RandomErasing), ("MixUp", MixUp), ("CutMix", CutMix))
-}
+} | {"AlternatingFlip": (AlternatingFlip, "RandomFlip")}
 MIXING = ("MixUp", "CutMix")
 ALL_TYPES = {**LAYER_TYPES, **AUGMENT_TYPES}
 

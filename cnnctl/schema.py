@@ -208,6 +208,9 @@ class EmaConfig(Section):
     momentum: Annotated[float, Field(gt=0, lt=1)] = 0.99
     overwrite_every: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
     """Copy the average into the weights training continues from every this many steps (lookahead)."""
+    ramp: Annotated[float, Field(ge=0, le=10)] = 0
+    """Grow the momentum with training: momentum * (step / total steps) ** ramp (0: constant). airbench's
+    lookahead, per step: momentum 0.95, overwrite_every 5, ramp 0.6."""
 
 
 class OptimizerConfig(Section):

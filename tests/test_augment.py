@@ -33,8 +33,9 @@ TYPICAL = {
     "RandomErasing": {"factor": 1.0, "scale": [0.1, 0.4]},
     "MixUp": {"alpha": 0.4},
     "CutMix": {"factor": 1.0},
+    "AlternatingFlip": {"mode": "horizontal"},
 }
-EVERY = [{name: args} for name, args in TYPICAL.items()]  # all nine in a row
+EVERY = [{name: args} for name, args in TYPICAL.items()]  # all ten in a row
 
 
 def augmentation(*entries) -> list:
@@ -170,6 +171,27 @@ def test_a_horizontal_flip_mirrors_some_images_of_a_batch_left_to_right():
              for i in images]
     assert "other" not in kinds  # left-right only: never upside down, nothing else changed
     assert 0 < kinds.count("mirrored") < 16, kinds
+
+
+def flip_states(entries, *, seed=3, epochs=3, **kwargs) -> dict[int, list[bool]]:
+    """Image -> whether it came out mirrored in each epoch (images told apart by their label)."""
+    ramp = np.tile(np.arange(8, dtype=np.uint8) * 30, (5, 1))[None, :, :, None]
+    x, y = aligned(np.repeat(ramp, 16, axis=0)), aligned(np.arange(16, dtype=np.uint8))
+    states: dict[int, list[bool]] = {}
+    for images, labels in batches(x, y, entries, seed=seed, classes=16, epochs=epochs, **kwargs):
+        for image, label in zip(images, labels, strict=True):
+            assert np.allclose(image, ramp[0] / 255.0) or np.allclose(image, ramp[0, :, ::-1] / 255.0)
+            states.setdefault(int(label), []).append(bool(np.allclose(image, ramp[0, :, ::-1] / 255.0)))
+    return states
+
+
+def test_an_alternating_flip_mirrors_each_image_every_other_epoch():
+    states = flip_states(["AlternatingFlip"])  # by default left-right only (flip_states checks)
+    assert sorted(states) == list(range(16))
+    assert all(s == [s[0], not s[0], s[0]] for s in states.values()), states  # shuffled batches: still per image
+    assert 3 <= sum(s[0] for s in states.values()) <= 13  # the first epoch's side is drawn per image
+    assert states == flip_states([{"AlternatingFlip": {"mode": "horizontal"}}], batch_size=5)  # not per batch
+    assert states != flip_states([{"AlternatingFlip": {"mode": "horizontal"}}], seed=4)
 
 
 def test_a_translation_moves_the_content():

@@ -57,6 +57,18 @@ def test_a_frozen_group_does_not_move_and_the_rest_do(keras_module):
         assert changed == (not v.path.split("/", 1)[1].startswith("dense/")), v.path
 
 
+def test_reduce_lr_on_plateau_scales_every_group_and_keeps_the_multipliers(keras_module):
+    from cnnctl.callbacks import current_learning_rate
+
+    model = compiled(keras_module, {"name": "sgd", "learning_rate": 0.1,
+                                    "groups": [{"match": "batch_normalization/beta", "lr_multiplier": 64}]})
+    plateau = keras_module.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)
+    model.fit(*batch(), epochs=2, verbose=0, callbacks=[plateau])  # the second epoch never improves by 1e9
+    rates = sorted(float(o.learning_rate) for o in model.optimizer.optimizers)
+    assert rates == pytest.approx([0.05, 0.05 * 64])
+    assert current_learning_rate(model.optimizer) == pytest.approx(0.05)
+
+
 def test_groups_that_match_nothing_or_overlap_are_config_errors(keras_module):
     with pytest.raises(ConfigError, match=r"groups\[0\]\.match: 'batchnorm/beta' matches no trainable variable "
                                           r"\(they are: batch_normalization/beta, conv2d/kernel"):
@@ -106,6 +118,24 @@ def test_lookahead_copies_the_average_into_the_weights_every_n_steps(keras_modul
     model.train_on_batch(*batch())  # step 2: the weights are now their average
     for variable, average in averaging.pairs(model):
         np.testing.assert_array_equal(variable.numpy(), average.numpy())
+
+
+def test_a_ramped_momentum_grows_with_the_step_and_saves_as_its_peak(keras_module):
+    from cnnctl import averaging
+
+    model = compiled(keras_module, {"name": "sgd", "learning_rate": 0.5, "ema": {"momentum": 0.8, "ramp": 1}},
+                     steps=10)
+    momenta, last = [], None
+    for _ in range(4):
+        model.train_on_batch(*batch())
+        variable, average = averaging.pairs(model)[0]
+        w, a = variable.numpy().ravel(), average.numpy().ravel()
+        if last is not None:  # a = m * last + (1 - m) * w
+            momenta.append(float(np.median((a - w) / (last - w))))
+        last = a
+    assert momenta == pytest.approx([0.08, 0.16, 0.24], abs=1e-3)  # 0.8 * step / 10, steps 1-3
+    config = keras_module.saving.serialize_keras_object(model.optimizer)
+    assert config["config"]["ema_momentum"] == 0.8
 
 
 def test_groups_and_ema_together_average_every_group(keras_module):

@@ -588,7 +588,7 @@ AUGMENTED_YAML = MINIMAL_YAML.replace("  dataset: synthetic\n", """\
     - RandomTranslation: {height_factor: 0.1, width_factor: [-0.1, 0.2]}
 """)
 AUGMENT_TYPES_LISTED = ("(allowed: RandomFlip, RandomTranslation, RandomRotation, RandomZoom, RandomContrast, "
-                        "RandomBrightness, RandomErasing, MixUp, CutMix)")
+                        "RandomBrightness, RandomErasing, MixUp, CutMix, AlternatingFlip)")
 ONE_KEY = "each augmentation must be a one-key mapping like `RandomFlip: {mode: horizontal}`"
 
 

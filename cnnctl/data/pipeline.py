@@ -78,7 +78,7 @@ def make_epoch_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool
 
     `shard` (worker, workers, replicas per worker) makes this one worker's pipeline of a
     multi-worker run: see `_worker_share`. `batch_size` and `skip_steps` stay global.
-    `augment` (augment.make's function) transforms each batch, seeded by (epoch, step, part).
+    `augment` (augment.make's function) transforms each batch, seeded by (epoch, step, part) and its indices.
     """
     import tensorflow as tf
 
@@ -94,7 +94,7 @@ def make_epoch_dataset(x, y, *, batch_size: int, num_classes: int, one_hot: bool
 
     def batch(indices, where):
         images, labels = gather(indices)
-        return augment(images, labels, where) if augment is not None else (images, labels)
+        return augment(images, labels, where, indices) if augment is not None else (images, labels)
 
     last = start_epoch + epochs if epochs is not None else 2**62
     index_batches = tf.data.Dataset.range(start_epoch, last).flat_map(epoch_batches).skip(skip_steps)
