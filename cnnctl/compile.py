@@ -39,15 +39,26 @@ OPTIMIZER_CLASSES = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw"
                      "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "Nadam"}
 
 
+def optimizer_class(name: str):
+    """The optimizer class of `train.optimizer.name`: Keras', or cnnctl's Muon (convolution kernels too)."""
+    if name == "muon":
+        from cnnctl.muon import Muon
+
+        return Muon
+    import keras
+
+    return getattr(keras.optimizers, OPTIMIZER_CLASSES[name])
+
+
 def make_optimizer(config: OptimizerConfig, steps_per_epoch: int, epochs: int, variables=()):
     """The Keras optimizer `config` describes, with weight averaging (`ema`) if set.
 
-    With `groups`, a `keras.optimizers.MultiOptimizer`: one optimizer of the same kind per group, whose
-    learning rate (and schedule) is the main one's times the group's multiplier, for the `variables`
-    (the model's trainable ones) whose `layer/variable` name the group's pattern matches; the rest use the
-    main optimizer. A pattern that matches nothing, or a variable two groups match, is a ConfigError.
+    With `groups`, a `keras.optimizers.MultiOptimizer`: for the `variables` (the model's trainable ones) whose
+    `layer/variable` name a group's pattern matches, the main optimizer's kind with its learning rate (and
+    schedule) times the group's multiplier, or the group's own optimizer; the rest use the main optimizer.
+    A pattern that matches nothing, or a variable two groups match, is a ConfigError.
     """
-    main = _one_optimizer(config, steps_per_epoch, epochs, 1.0, config.weight_decay)
+    main = _one_optimizer(config, steps_per_epoch, epochs, 1.0, config.weight_decay, config.ema)
     if not config.groups:
         return main
     import keras
@@ -56,10 +67,17 @@ def make_optimizer(config: OptimizerConfig, steps_per_epoch: int, epochs: int, v
     groups = group_of_each(config, sorted(names))
     mapping = keras.optimizers.OptimizerMap(default_optimizer=main)
     for index, group in enumerate(config.groups):
-        if index in groups.values():
+        if index not in groups.values():
+            continue
+        if group.optimizer is not None:
+            own = group.optimizer
+            if own.schedule is None:
+                own = own.model_copy(update={"schedule": config.schedule})
+            optimizer = _one_optimizer(own, steps_per_epoch, epochs, 1.0, own.weight_decay, config.ema)
+        else:
             decay = config.weight_decay if group.weight_decay is None else group.weight_decay
-            mapping[f"[^/]+/(?:{group.match})"] = _one_optimizer(config, steps_per_epoch, epochs,
-                                                                 group.lr_multiplier, decay)
+            optimizer = _one_optimizer(config, steps_per_epoch, epochs, group.lr_multiplier, decay, config.ema)
+        mapping[f"[^/]+/(?:{group.match})"] = optimizer
     return keras.optimizers.MultiOptimizer(mapping)
 
 
@@ -91,24 +109,22 @@ def group_of_each(config: OptimizerConfig, names: list[str]) -> dict[str, int]:
 
 
 def _one_optimizer(config: OptimizerConfig, steps_per_epoch: int, epochs: int, multiplier: float,
-                   weight_decay: float | None):
-    import keras
-
+                   weight_decay: float | None, ema):
     scaled = config if multiplier == 1.0 else config.model_copy(update={"learning_rate": config.learning_rate
                                                                         * multiplier})
     kwargs = config.keras_kwargs()
     kwargs.pop("weight_decay", None)
-    if config.ema is not None:
-        kwargs.update(use_ema=True, ema_momentum=config.ema.momentum, ema_overwrite_frequency=config.ema.overwrite_every)
-    optimizer = getattr(keras.optimizers, OPTIMIZER_CLASSES[config.name])(
+    if ema is not None:
+        kwargs.update(use_ema=True, ema_momentum=ema.momentum, ema_overwrite_frequency=ema.overwrite_every)
+    optimizer = optimizer_class(config.name)(
         learning_rate=make_schedule(scaled, steps_per_epoch, epochs),
         **({"weight_decay": weight_decay} if weight_decay is not None else {}), **kwargs)
     if config.exclude_from_weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(config.exclude_from_weight_decay))
-    if config.ema is not None and config.ema.ramp:
+    if ema is not None and ema.ramp:
         from cnnctl.averaging import ramp_momentum
 
-        ramp_momentum(optimizer, steps_per_epoch * epochs, config.ema.ramp)
+        ramp_momentum(optimizer, steps_per_epoch * epochs, ema.ramp)
     return optimizer
 
 

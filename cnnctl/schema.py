@@ -174,6 +174,7 @@ OPTIMIZER_ARGS: dict[str, set[str]] = {
     "adadelta": {"rho", "epsilon"},
     "adamax": {"beta_1", "beta_2", "epsilon"},
     "nadam": {"beta_1", "beta_2", "epsilon"},
+    "muon": {"momentum", "nesterov", "ns_steps", "rms_rate", "normalize_weights"},  # cnnctl.muon.Muon
 }
 COMMON_OPTIMIZER_ARGS = {"name", "learning_rate", "schedule", "weight_decay", "clipnorm", "clipvalue",
                          "global_clipnorm"}  # fmt: skip
@@ -190,6 +191,24 @@ class ParameterGroup(Section):
     """The group's learning rate is the optimizer's (with its schedule) times this; 0 freezes the variables."""
     weight_decay: Annotated[float, Field(ge=0)] | None = None
     """The group's decoupled weight decay (default: the optimizer's)."""
+    optimizer: OptimizerConfig | None = None
+    """The group's own optimizer (e.g. muon for the convolution kernels), instead of a multiplier: its own
+    learning rate, weight decay and settings; its schedule, if it has none, is the main optimizer's shape.
+    The main optimizer's ema averages every group."""
+
+    @model_validator(mode="after")
+    def _own_optimizer_or_multiplier(self) -> ParameterGroup:
+        if self.optimizer is None:
+            return self
+        both = sorted({"lr_multiplier", "weight_decay"} & self.model_fields_set)
+        if both:
+            raise ValueError(f"a group with its own optimizer takes no {' or '.join(both)} (set the optimizer's "
+                             "learning_rate and weight_decay)")
+        nested = sorted({"groups", "ema"} & self.optimizer.model_fields_set)
+        if nested:
+            raise ValueError(f"a group's optimizer takes no {' or '.join(nested)} (the main optimizer's ema "
+                             "averages every group)")
+        return self
 
     @field_validator("match")
     @classmethod
@@ -214,9 +233,11 @@ class EmaConfig(Section):
 
 
 class OptimizerConfig(Section):
-    name: Literal["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam"]
-    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
-    """Initial learning rate (the schedule starts from it)."""
+    name: Literal["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "muon"]
+    """muon: Keras' Muon with convolution kernels orthogonalised too (cnnctl.muon); rank-0/1 variables get AdamW."""
+    learning_rate: Annotated[float, Field(gt=0, le=10000)] = 0.001
+    """Initial learning rate (the schedule starts from it). Keras' losses are batch means: a recipe's rate for
+    a summed loss is that rate times the batch size."""
     schedule: Schedule | None = None
     """Optional learning-rate schedule: constant, inverse_time, exponential or cosine."""
     momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
@@ -228,6 +249,12 @@ class OptimizerConfig(Section):
     beta_2: Annotated[float, Field(ge=0, lt=1)] | None = None
     amsgrad: bool | None = None
     initial_accumulator_value: Annotated[float, Field(ge=0)] | None = None
+    ns_steps: Annotated[int, Field(ge=1, le=20)] | None = None
+    """muon: Newton-Schulz iterations per step (Keras' default 5; airbench94_muon 3)."""
+    rms_rate: Annotated[float, Field(gt=0)] | None = None
+    """muon: scale updates by sqrt(larger side) * rms_rate (Keras' default 0.2); null: no scaling, as Jordan's Muon."""
+    normalize_weights: bool | None = None
+    """muon: rescale each kernel to norm sqrt(output channels) before its step (airbench94_muon)."""
     weight_decay: Annotated[float, Field(ge=0)] | None = None
     clipnorm: Annotated[float, Field(gt=0)] | None = None
     clipvalue: Annotated[float, Field(gt=0)] | None = None
@@ -258,6 +285,9 @@ class OptimizerConfig(Section):
         """Constructor arguments other than the learning rate, exactly as set."""
         skip = {"name", "learning_rate", "schedule", "groups", "ema", "exclude_from_weight_decay"}
         return {k: getattr(self, k) for k in self.model_fields_set if k not in skip}
+
+
+ParameterGroup.model_rebuild()  # its `optimizer` is an OptimizerConfig
 
 
 class EarlyStoppingConfig(Section):
