@@ -21,6 +21,8 @@ class Muon(keras.optimizers.Muon):
     """`keras.optimizers.Muon` with every kernel of rank >= 2 orthogonalised as one matrix (see module)."""
 
     def __init__(self, *args, normalize_weights: bool = False, **kwargs):
+        if kwargs.get("rms_rate") == 0:  # cnnctl's config says "no scaling" as 0 (a YAML null is not written back)
+            kwargs["rms_rate"] = None
         super().__init__(*args, **kwargs)
         self.normalize_weights = bool(normalize_weights)
 

@@ -200,11 +200,13 @@ class ParameterGroup(Section):
     def _own_optimizer_or_multiplier(self) -> ParameterGroup:
         if self.optimizer is None:
             return self
-        both = sorted({"lr_multiplier", "weight_decay"} & self.model_fields_set)
+        # by value, not by what was set: the resolved config written to a run writes the defaults out
+        both = [k for k, v in (("lr_multiplier", self.lr_multiplier != 1.0), ("weight_decay", self.weight_decay
+                                                                              is not None)) if v]
         if both:
             raise ValueError(f"a group with its own optimizer takes no {' or '.join(both)} (set the optimizer's "
                              "learning_rate and weight_decay)")
-        nested = sorted({"groups", "ema"} & self.optimizer.model_fields_set)
+        nested = [k for k in ("groups", "ema") if getattr(self.optimizer, k)]
         if nested:
             raise ValueError(f"a group's optimizer takes no {' or '.join(nested)} (the main optimizer's ema "
                              "averages every group)")
@@ -251,8 +253,8 @@ class OptimizerConfig(Section):
     initial_accumulator_value: Annotated[float, Field(ge=0)] | None = None
     ns_steps: Annotated[int, Field(ge=1, le=20)] | None = None
     """muon: Newton-Schulz iterations per step (Keras' default 5; airbench94_muon 3)."""
-    rms_rate: Annotated[float, Field(gt=0)] | None = None
-    """muon: scale updates by sqrt(larger side) * rms_rate (Keras' default 0.2); null: no scaling, as Jordan's Muon."""
+    rms_rate: Annotated[float, Field(ge=0)] | None = None
+    """muon: scale updates by sqrt(larger side) * rms_rate (Keras' default 0.2); 0: no scaling, as Jordan's Muon."""
     normalize_weights: bool | None = None
     """muon: rescale each kernel to norm sqrt(output channels) before its step (airbench94_muon)."""
     weight_decay: Annotated[float, Field(ge=0)] | None = None

@@ -343,6 +343,13 @@ def test_overrides_apply_to_an_empty_file(write_yaml):
 # ---------------------------------------------------------------- resolved YAML
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_round_trips_through_its_resolved_yaml(path):
+    """What a run writes to its config.yaml reads back as the same config (resume and evaluate read it)."""
+    config = load_config(path)
+    assert config_from_yaml_text(to_yaml(config), "resolved.yaml") == config
+
+
 @pytest.mark.parametrize("name", TUTORIALS)
 def test_resolved_yaml_round_trips(name):
     config = load_config(CONFIGS / f"{name}.yaml", ["train.epochs=2", "model.layers.0.Conv2D.filters=16"])

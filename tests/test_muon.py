@@ -69,6 +69,7 @@ def test_rms_rate_scales_by_the_matrix_sides(keras_module):
             [(keras_module.ops.convert_to_tensor(g), kernel)])
         moved[rate] = kernel.numpy() - start
     np.testing.assert_allclose(moved[0.2], moved[None] * np.sqrt(36) * 0.2, rtol=1e-4, atol=1e-6)
+    assert Muon(rms_rate=0).rms_rate is None  # the config's "no scaling" (a YAML null is not written back)
 
 
 def test_the_config_round_trips_through_keras_serialization(keras_module):

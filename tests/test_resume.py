@@ -224,7 +224,10 @@ AUGMENTED = tiny_config(
     train={"optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.85, "nesterov": True,
                          "weight_decay": 0.0005,
                          "schedule": {"type": "piecewise_linear", "points": [[0, 0.2], [0.25, 1], [1, 0.1]]},
-                         "groups": [{"match": "batch_normalization.*/beta", "lr_multiplier": 8}],
+                         "groups": [{"match": "batch_normalization.*/beta", "lr_multiplier": 8},
+                                    {"match": "conv2d_1/kernel", "optimizer": {
+                                        "name": "muon", "learning_rate": 0.02, "momentum": 0.6, "ns_steps": 3,
+                                        "rms_rate": 0, "normalize_weights": True, "weight_decay": 0.0}}],
                          "ema": {"momentum": 0.9, "overwrite_every": 5, "ramp": 0.6}},
            "loss": {"name": "categorical_crossentropy", "from_logits": True, "label_smoothing": 0.2},
            "epochs": 2, "validation": "split"},
