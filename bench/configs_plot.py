@@ -70,6 +70,25 @@ def run_row(config: str, run_dir: Path) -> dict:
             "command": " ".join(portable(argv, ROOT))}
 
 
+def label_sides(points: list[tuple[float, float]]) -> list[bool]:
+    """For each (wall seconds, accuracy) point, whether its label goes above it: above unless that box (from the
+    point to 5x its time on the log axis, an eighth of the accuracy span high) meets a label placed before,
+    points taken from the most accurate down."""
+    ys = [y for _, y in points]
+    height = max(max(ys) - min(ys), 0.05) / 8
+    placed: list[tuple[float, float, float, float]] = []
+    sides = [True] * len(points)
+    for i in sorted(range(len(points)), key=lambda k: -points[k][1]):
+        x, y = points[i]
+        for above in (True, False):
+            box = (x, x * 5, y, y + height) if above else (x, x * 5, y - height, y)
+            if not any(b[0] < box[1] and box[0] < b[1] and b[2] < box[3] and box[2] < b[3] for b in placed):
+                break
+        sides[i] = above
+        placed.append(box)
+    return sides
+
+
 def plot(rows: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -85,6 +104,8 @@ def plot(rows: list[dict], out: Path) -> None:
         raise SystemExit("error: no row has both a test accuracy and a wall time")
     fig, ax = plt.subplots(figsize=(9, 6))
     points = sorted(groups.items(), key=lambda item: statistics.mean(r["wall_seconds"] for r in item[1]))
+    sides = label_sides([(statistics.mean(r["wall_seconds"] for r in g), statistics.mean(r["test_accuracy"] for r in g))
+                         for _, g in points])
     for number, (config, group) in enumerate(points):
         wall, accuracy = [r["wall_seconds"] for r in group], [r["test_accuracy"] for r in group]
         several = len(group) > 1
@@ -94,7 +115,7 @@ def plot(rows: list[dict], out: Path) -> None:
         seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in group}))
         detail = f"mean ± sd of {len(group)} runs, seeds {seeds}" if several else f"seed {seeds}"
         dates = "/".join(sorted({r["date"] for r in group}))
-        above = number % 2  # neighbours in time get their labels on opposite sides
+        above = sides[number]
         ax.annotate(f"{Path(config).stem}\n{y:.4f}, {x:,.{0 if x >= 100 else 1}f} s\n{detail}; {dates}", (x, y),
                     textcoords="offset points", xytext=(7, 5 if above else -5), fontsize=8,
                     va="bottom" if above else "top")

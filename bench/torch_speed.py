@@ -163,6 +163,10 @@ def torch_spec(config: dict) -> tuple[dict, list[str]]:
                       ("ema", "weight averaging, an update of every weight each step (PyTorch: none)")):
         if optimizer.get(key):
             notes.append(f"cnnctl's optimizer {key}: {what}")
+    own = sorted({g["optimizer"]["name"] for g in optimizer.get("groups") or [] if g.get("optimizer")})
+    if own:
+        notes.append(f"cnnctl's groups with their own optimizer ({', '.join(own)}; muon orthogonalises each kernel's "
+                     f"update every step): PyTorch runs the main optimizer for every parameter")
     return {"input_shape": config["model"]["input_shape"], "layers": config["model"]["layers"],
             "optimizer": {k: v for k, v in optimizer.items() if k not in ("schedule", "groups", "ema")},
             "label_smoothing": float(loss.get("label_smoothing") or 0.0), "batch_size": int(train.get("batch_size", 32)),
