@@ -181,60 +181,9 @@ COMMON_OPTIMIZER_ARGS = {"name", "learning_rate", "schedule", "weight_decay", "c
 CNNCTL_OPTIMIZER_ARGS = {"exclude_from_weight_decay", "groups", "ema"}  # cnnctl's, for every optimizer
 
 
-class ParameterGroup(Section):
-    """Variables whose learning rate (and weight decay) differ from the rest, e.g. BatchNorm biases."""
+class OptimizerSettings(Section):
+    """An optimizer's kind and settings: the main one's (OptimizerConfig), or a parameter group's own."""
 
-    match: Annotated[str, Field(min_length=1, max_length=200)]
-    """A regular expression that must match a variable's whole `layer/variable` name, e.g.
-    `batch_normalization.*/beta`; each variable may match at most one group."""
-    lr_multiplier: Annotated[float, Field(ge=0, le=10000)] = 1.0
-    """The group's learning rate is the optimizer's (with its schedule) times this; 0 freezes the variables."""
-    weight_decay: Annotated[float, Field(ge=0)] | None = None
-    """The group's decoupled weight decay (default: the optimizer's)."""
-    optimizer: OptimizerConfig | None = None
-    """The group's own optimizer (e.g. muon for the convolution kernels), instead of a multiplier: its own
-    learning rate, weight decay and settings; its schedule, if it has none, is the main optimizer's shape.
-    The main optimizer's ema averages every group."""
-
-    @model_validator(mode="after")
-    def _own_optimizer_or_multiplier(self) -> ParameterGroup:
-        if self.optimizer is None:
-            return self
-        # by value, not by what was set: the resolved config written to a run writes the defaults out
-        both = [k for k, v in (("lr_multiplier", self.lr_multiplier != 1.0), ("weight_decay", self.weight_decay
-                                                                              is not None)) if v]
-        if both:
-            raise ValueError(f"a group with its own optimizer takes no {' or '.join(both)} (set the optimizer's "
-                             "learning_rate and weight_decay)")
-        nested = [k for k in ("groups", "ema") if getattr(self.optimizer, k)]
-        if nested:
-            raise ValueError(f"a group's optimizer takes no {' or '.join(nested)} (the main optimizer's ema "
-                             "averages every group)")
-        return self
-
-    @field_validator("match")
-    @classmethod
-    def _compiles(cls, pattern: str) -> str:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        return pattern
-
-
-class EmaConfig(Section):
-    """Weight averaging (Keras' use_ema): an exponential moving average of the weights, updated every step.
-    Validation, the checkpoints, evaluation and exports use the averaged weights; resume keeps the average."""
-
-    momentum: Annotated[float, Field(gt=0, lt=1)] = 0.99
-    overwrite_every: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
-    """Copy the average into the weights training continues from every this many steps (lookahead)."""
-    ramp: Annotated[float, Field(ge=0, le=10)] = 0
-    """Grow the momentum with training: momentum * (step / total steps) ** ramp (0: constant). airbench's
-    lookahead, per step: momentum 0.95, overwrite_every 5, ramp 0.6."""
-
-
-class OptimizerConfig(Section):
     name: Literal["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "muon"]
     """muon: Keras' Muon with convolution kernels orthogonalised too (cnnctl.muon); rank-0/1 variables get AdamW."""
     learning_rate: Annotated[float, Field(gt=0, le=10000)] = 0.001
@@ -263,13 +212,8 @@ class OptimizerConfig(Section):
     global_clipnorm: Annotated[float, Field(gt=0)] | None = None
     exclude_from_weight_decay: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=100)] = []
     """Variables not decayed: substrings of their names, e.g. [beta, bias]."""
-    groups: Annotated[list[ParameterGroup], Field(max_length=20)] = []
-    """Parameter groups with their own learning-rate multiplier and weight decay."""
-    ema: EmaConfig | None = None
-    """Average the weights (exponential moving average, optionally lookahead)."""
-
     @model_validator(mode="after")
-    def _args_fit_optimizer(self) -> OptimizerConfig:
+    def _args_fit_optimizer(self) -> OptimizerSettings:
         allowed = OPTIMIZER_ARGS[self.name] | COMMON_OPTIMIZER_ARGS | CNNCTL_OPTIMIZER_ARGS
         wrong = sorted(k for k in self.model_fields_set if k not in allowed)
         if wrong:
@@ -289,7 +233,62 @@ class OptimizerConfig(Section):
         return {k: getattr(self, k) for k in self.model_fields_set if k not in skip}
 
 
-ParameterGroup.model_rebuild()  # its `optimizer` is an OptimizerConfig
+class ParameterGroup(Section):
+    """Variables whose learning rate (and weight decay) differ from the rest, e.g. BatchNorm biases."""
+
+    match: Annotated[str, Field(min_length=1, max_length=200)]
+    """A regular expression that must match a variable's whole `layer/variable` name, e.g.
+    `batch_normalization.*/beta`; each variable may match at most one group."""
+    lr_multiplier: Annotated[float, Field(ge=0, le=10000)] = 1.0
+    """The group's learning rate is the optimizer's (with its schedule) times this; 0 freezes the variables."""
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    """The group's decoupled weight decay (default: the optimizer's)."""
+    optimizer: OptimizerSettings | None = None
+    """The group's own optimizer (e.g. muon for the convolution kernels), instead of a multiplier: its own
+    learning rate, weight decay and settings; its schedule, if it has none, is the main optimizer's shape.
+    It has no groups or ema of its own: the main optimizer's ema averages every group."""
+
+    @model_validator(mode="after")
+    def _own_optimizer_or_multiplier(self) -> ParameterGroup:
+        if self.optimizer is None:
+            return self
+        # by value, not by what was set: the resolved config written to a run writes the defaults out
+        both = [k for k, v in (("lr_multiplier", self.lr_multiplier != 1.0), ("weight_decay", self.weight_decay
+                                                                              is not None)) if v]
+        if both:
+            raise ValueError(f"a group with its own optimizer takes no {' or '.join(both)} (set the optimizer's "
+                             "learning_rate and weight_decay)")
+        return self
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return pattern
+
+
+class EmaConfig(Section):
+    """Weight averaging (Keras' use_ema): an exponential moving average of the weights, updated every step.
+    Validation, the checkpoints, evaluation and exports use the averaged weights; resume keeps the average."""
+
+    momentum: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    overwrite_every: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
+    """Copy the average into the weights training continues from every this many steps (lookahead)."""
+    ramp: Annotated[float, Field(ge=0, le=10)] = 0
+    """Grow the momentum with training: momentum * (step / total steps) ** ramp (0: constant). airbench's
+    lookahead, per step: momentum 0.95, overwrite_every 5, ramp 0.6."""
+
+
+class OptimizerConfig(OptimizerSettings):
+    """The optimizer: its settings, parameter groups and weight averaging."""
+
+    groups: Annotated[list[ParameterGroup], Field(max_length=20)] = []
+    """Parameter groups with their own learning-rate multiplier and weight decay."""
+    ema: EmaConfig | None = None
+    """Average the weights (exponential moving average, optionally lookahead)."""
 
 
 class EarlyStoppingConfig(Section):
