@@ -12,6 +12,8 @@ convolutions followed by BatchNorm (whose output does not depend on the kernel's
 
 from __future__ import annotations
 
+import re
+
 import keras
 from keras import ops
 
@@ -31,8 +33,6 @@ class Muon(keras.optimizers.Muon):
             return True
         if self.exclude_embeddings and "embedding" in variable.path.lower():
             return True
-        import re
-
         return any(re.search(keyword, variable.path) for keyword in self.exclude_layers)
 
     def _muon_update_step(self, gradient, variable, lr, m):
